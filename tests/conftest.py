@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def make_user(db: None) -> Callable[..., User]:
     counter = iter(range(1, 1_000_000))
 
-    def make(email: str | None = None, password: str = "pw-for-tests-1", **extra: object) -> User:
-        return User.objects.create_user(email or f"user{next(counter)}@example.com", password, **extra)
+    def make(email: str | None = None, password: str = "pw-for-tests-1", **extra: object) -> User:  # noqa: S107
+        return User.objects.create_user(
+            email or f"user{next(counter)}@example.com", password, **extra
+        )
 
     return make
 
@@ -95,3 +97,30 @@ def redis_url() -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(5)
+
+
+# Every agent built in the suite talks to the scripted model unless a test removes this.
+os.environ.setdefault("AGENTOS_MODEL_OVERRIDE", "tests.fakes:make_model")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_agent_cache() -> Iterator[None]:
+    """Built agents are per process; tests must not see each other's."""
+    from apps.opie.agentos.config import agent_os_config
+
+    agent_os_config.clear()
+    yield
+    agent_os_config.clear()
+
+
+def database_url() -> str:
+    """A DATABASE_URL for subprocesses, naming the database this test run uses."""
+    from urllib.parse import quote
+
+    from django.db import connection
+
+    conf = connection.settings_dict
+    password = f":{quote(conf['PASSWORD'], safe='')}" if conf.get("PASSWORD") else ""
+    port = f":{conf['PORT']}" if conf.get("PORT") else ""
+    host = quote(conf.get("HOST") or "localhost", safe="")
+    return f"postgres://{conf['USER']}{password}@{host}{port}/{conf['NAME']}"

@@ -6,4 +6,5 @@ from rest_framework.response import Response
 @api_view(["GET"])
 def whoami(request: Request) -> Response:
     """The account the presented credentials belong to."""
-    return Response({"id": request.user.pk, "email": request.user.email})
+    user = request.user
+    return Response({"id": user.pk, "email": getattr(user, "email", "")})

@@ -20,6 +20,7 @@ Support hours: the support team answers from 9:00 to 17:00 UTC, Monday to Friday
 Shipping: orders over 50 euros ship free within the European Union.
 """
 
+
 class DemoAgent(TypedDict):
     agent_id: str
     name: str

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from apps.opie.agentos import versions
 from apps.opie.agentos.tools import tool_names
 
 ENV_VAR_NAME = RegexValidator(
@@ -79,6 +81,10 @@ class ModelConfig(TimeStamped):
     def __str__(self) -> str:
         return f"{self.name} ({self.provider}{':' + self.model_id if self.model_id else ''})"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        versions.bump(self.agents.values_list("pk", flat=True))
+
     def clean(self) -> None:
         """Check the fields a provider needs are present."""
         if self.provider == self.Provider.OPENAI_COMPATIBLE and not self.base_url:
@@ -114,6 +120,14 @@ class KnowledgeBase(TimeStamped):
         validators=[MinValueValidator(100), MaxValueValidator(20_000)],
     )
     chunk_overlap = models.PositiveIntegerField(default=150, validators=[MaxValueValidator(5_000)])
+    # Search embeds queries with what the stored vectors were made with, so an edited embedder
+    # keeps search working until `agentos_reembed` rebuilds the vectors.
+    indexed_embedder = models.CharField(
+        max_length=300,
+        blank=True,
+        editable=False,
+        help_text="Embedder of the stored vectors (kind:dimensions:model); empty until indexed.",
+    )
 
     class Meta:
         ordering = ("name",)
@@ -127,6 +141,14 @@ class KnowledgeBase(TimeStamped):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        versions.bump(self.agents.values_list("pk", flat=True))
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        versions.bump(self.agents.values_list("pk", flat=True))
+        return super().delete(*args, **kwargs)
 
     def clean(self) -> None:
         """Overlap must leave each chunk some new text."""
@@ -227,6 +249,14 @@ class Agent(TimeStamped):
     def __str__(self) -> str:
         return f"{self.name} ({self.agent_id})"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        versions.bump([self.pk])
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        versions.bump([self.pk])
+        return super().delete(*args, **kwargs)
+
     def clean(self) -> None:
         """Tools must be registered names; a model config must belong to the same owner."""
         if not isinstance(self.tools, list) or not all(isinstance(t, str) for t in self.tools):
@@ -257,3 +287,67 @@ class ChatSession(TimeStamped):
 
     def __str__(self) -> str:
         return self.title or self.session_id
+
+
+class RunRecord(models.Model):
+    """One agent run: who ran what, on which model, how long it took and what it cost."""
+
+    class Status(models.TextChoices):
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    run_id = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="runs"
+    )
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, related_name="runs")
+    session = models.ForeignKey(
+        ChatSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    model = models.CharField(max_length=200, blank=True)
+    provider = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=16, choices=Status)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    duration_ms = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            models.Index(fields=("user", "-created_at")),
+            models.Index(fields=("agent", "-created_at")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} ({self.status})"
+
+
+class ChannelParticipant(TimeStamped):
+    """Someone writing through an external channel (SMS, WhatsApp...): one session each."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="channel_participants"
+    )
+    participant_id = models.CharField(max_length=128)
+    phone_number = models.CharField(max_length=32, blank=True)
+    session = models.ForeignKey(
+        ChatSession,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="channel_participants",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=("user", "participant_id"), name="unique_channel_participant"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.participant_id

@@ -1,0 +1,245 @@
+"""Scripted, deterministic agno model: the only model stand-in allowed in the test suite.
+
+Rules, applied to the last user message (first match wins):
+
+- ``script: <text>``    -> answers ``<text>`` verbatim (stripped).
+- ``calc: <expr>``      -> with a ``calculator`` tool: calls ``calculator(expression=<expr>)``,
+                           then answers ``The answer is <result>.``
+- ``time?``             -> with a ``current_datetime`` tool: calls it, then answers
+                           ``The current date and time is <result>.``
+- ``search: <query>``   -> with a ``search_knowledge*`` tool: calls it with ``query=<query>``,
+                           then answers ``Found: <first 200 chars of the result>``
+- the word ``fail``     -> raises agno's ModelProviderError("scripted provider failure", 502).
+- the word ``recall``   -> ``Earlier you said: a | b`` (every earlier user message it can see).
+- anything else         -> ``You said: <message>`` (padded/cut to ``answer_tokens`` words if set).
+
+Latency knobs (constructor args, else env vars, so subprocess servers can be configured):
+``first_token_delay`` (FAKE_MODEL_FIRST_TOKEN_DELAY), ``token_delay`` (FAKE_MODEL_TOKEN_DELAY),
+``answer_tokens`` (FAKE_MODEL_ANSWER_TOKENS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+from agno.exceptions import ModelProviderError
+from agno.metrics import MessageMetrics
+from agno.models.base import Model
+from agno.models.message import Message
+from agno.models.response import ModelResponse
+
+if TYPE_CHECKING:
+    from apps.opie.agentos.providers import ProviderSpec
+
+FAILURE_MESSAGE = "scripted provider failure"
+_SEARCH_RESULT_CHARS = 200
+
+
+def _env_float(name: str) -> float:
+    return float(os.environ.get(name) or 0)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
+    return [str(t.get("function", {}).get("name", "")) for t in tools or []]
+
+
+def _split_words(text: str) -> list[str]:
+    """Split text into word deltas whose concatenation is the text itself."""
+    pieces = re.findall(r"\s*\S+", text)
+    return pieces or [text]
+
+
+@dataclass
+class _Reply:
+    """What the scripted "provider" returns before agno parsing."""
+
+    text: str | None = None
+    tool_name: str | None = None
+    tool_args: dict[str, Any] = field(default_factory=dict)
+    input_tokens: int = 0
+
+
+@dataclass
+class ScriptedModel(Model):
+    """Deterministic rule-based agno model for tests and benchmarks."""
+
+    id: str = "scripted"
+    name: str = "Scripted"
+    provider: str = "Scripted"
+    first_token_delay: float = field(
+        default_factory=lambda: _env_float("FAKE_MODEL_FIRST_TOKEN_DELAY")
+    )
+    token_delay: float = field(default_factory=lambda: _env_float("FAKE_MODEL_TOKEN_DELAY"))
+    answer_tokens: int | None = field(default_factory=lambda: _env_int("FAKE_MODEL_ANSWER_TOKENS"))
+
+    def _reply(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> _Reply:
+        prompt_words = sum(_words(m.get_content_string()) for m in messages)
+        reply = self._decide(messages, tools)
+        reply.input_tokens = prompt_words
+        return reply
+
+    def _decide(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> _Reply:
+        last = messages[-1] if messages else None
+        if last is not None and last.role == "tool":
+            return _Reply(text=self._answer_from_tool(last))
+
+        user_texts = [m.get_content_string() for m in messages if m.role == "user"]
+        text = user_texts[-1] if user_texts else ""
+        lowered = text.lower()
+        names = _tool_names(tools)
+
+        if lowered.lstrip().startswith("script:"):
+            return _Reply(text=text.lstrip()[len("script:") :].strip())
+        if "calc:" in lowered and "calculator" in names:
+            expression = text[lowered.index("calc:") + len("calc:") :].strip()
+            return _Reply(tool_name="calculator", tool_args={"expression": expression})
+        if "time?" in lowered and "current_datetime" in names:
+            return _Reply(tool_name="current_datetime")
+        search_tools = [n for n in names if n.startswith("search_knowledge")]
+        if "search:" in lowered and search_tools:
+            query = text[lowered.index("search:") + len("search:") :].strip()
+            return _Reply(tool_name=search_tools[0], tool_args={"query": query})
+        if re.search(r"\bfail\b", lowered):
+            raise ModelProviderError(
+                message=FAILURE_MESSAGE, status_code=502, model_name=self.name, model_id=self.id
+            )
+        if re.search(r"\brecall\b", lowered):
+            earlier = user_texts[:-1]
+            if not earlier:
+                return _Reply(text="Earlier you said nothing.")
+            return _Reply(text="Earlier you said: " + " | ".join(earlier))
+        return _Reply(text=self._plain_answer(f"You said: {text}"))
+
+    def _answer_from_tool(self, tool_message: Message) -> str:
+        result = tool_message.get_content_string()
+        name = tool_message.tool_name or ""
+        if name == "calculator":
+            return f"The answer is {result}."
+        if name.startswith("search_knowledge"):
+            return f"Found: {result[:_SEARCH_RESULT_CHARS]}"
+        if name == "current_datetime":
+            return f"The current date and time is {result}."
+        return f"The tool returned: {result}"
+
+    def _plain_answer(self, answer: str) -> str:
+        if self.answer_tokens is None:
+            return answer
+        words = answer.split()[: self.answer_tokens]
+        words += [f"word{i}" for i in range(len(words), self.answer_tokens)]
+        return " ".join(words)
+
+    def _usage(self, reply: _Reply) -> MessageMetrics:
+        if reply.text is not None:
+            output = _words(reply.text)
+        else:
+            output = 1 + _words(json.dumps(reply.tool_args))
+        return MessageMetrics(
+            input_tokens=reply.input_tokens,
+            output_tokens=output,
+            total_tokens=reply.input_tokens + output,
+        )
+
+    def _answer_delay(self, reply: _Reply) -> float:
+        deltas = len(_split_words(reply.text)) if reply.text is not None else 1
+        return self.first_token_delay + self.token_delay * (deltas - 1)
+
+    def invoke(
+        self,
+        messages: list[Message],
+        assistant_message: Message,
+        tools: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> ModelResponse:
+        """Answer in one response after the configured latency."""
+        reply = self._reply(messages, tools)
+        time.sleep(self._answer_delay(reply))
+        return self._parse_provider_response(reply)
+
+    async def ainvoke(
+        self,
+        messages: list[Message],
+        assistant_message: Message,
+        tools: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> ModelResponse:
+        """Answer in one response after the configured latency, without blocking the loop."""
+        reply = self._reply(messages, tools)
+        await asyncio.sleep(self._answer_delay(reply))
+        return self._parse_provider_response(reply)
+
+    def invoke_stream(
+        self,
+        messages: list[Message],
+        assistant_message: Message,
+        tools: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ModelResponse]:
+        """Stream the answer one word per delta, then the usage."""
+        reply = self._reply(messages, tools)
+        for index, chunk in enumerate(self._chunks(reply)):
+            time.sleep(self.first_token_delay if index == 0 else self.token_delay)
+            yield self._parse_provider_response_delta(chunk)
+        yield self._parse_provider_response_delta(self._usage(reply))
+
+    async def ainvoke_stream(
+        self,
+        messages: list[Message],
+        assistant_message: Message,
+        tools: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ModelResponse]:
+        """Stream the answer one word per delta with asyncio sleeps, then the usage."""
+        reply = self._reply(messages, tools)
+        for index, chunk in enumerate(self._chunks(reply)):
+            await asyncio.sleep(self.first_token_delay if index == 0 else self.token_delay)
+            yield self._parse_provider_response_delta(chunk)
+        yield self._parse_provider_response_delta(self._usage(reply))
+
+    def _chunks(self, reply: _Reply) -> list[_Reply]:
+        if reply.text is None:
+            return [reply]
+        return [_Reply(text=piece) for piece in _split_words(reply.text)]
+
+    def _parse_provider_response(self, response: Any, **kwargs: Any) -> ModelResponse:
+        """Turn a full scripted reply into a ModelResponse with usage."""
+        parsed = self._parse_provider_response_delta(response)
+        parsed.response_usage = self._usage(response)
+        return parsed
+
+    def _parse_provider_response_delta(self, response: Any) -> ModelResponse:
+        """Turn a scripted chunk (text, tool call or usage) into a ModelResponse delta."""
+        if isinstance(response, MessageMetrics):
+            return ModelResponse(response_usage=response)
+        if response.tool_name is not None:
+            tool_call = {
+                "id": f"call_{uuid4().hex[:12]}",
+                "type": "function",
+                "function": {
+                    "name": response.tool_name,
+                    "arguments": json.dumps(response.tool_args),
+                },
+            }
+            return ModelResponse(role="assistant", tool_calls=[tool_call])
+        return ModelResponse(role="assistant", content=response.text)
+
+
+def make_model(spec: ProviderSpec | None = None) -> ScriptedModel:
+    """Build a ScriptedModel for ``AGENTOS_MODEL_OVERRIDE="tests.fakes:make_model"``."""
+    return ScriptedModel()
