@@ -21,7 +21,6 @@ from django.db import connections
 
 from apps.opie.agentos import prompts, versions
 from apps.opie.agentos.lru import LRU
-from apps.opie.agentos.providers import ProviderSpec, get_model
 from apps.opie.agentos.tools import get_tools
 
 if TYPE_CHECKING:
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from agno.os import AgentOS
 
     from apps.accounts.models import User
+    from apps.opie.agentos.providers import ProviderSpec
     from apps.opie.models import Agent, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def ensure_enabled() -> None:
 
 def provider_spec(model_config: ModelConfig | None) -> ProviderSpec:
     """The provider description of a model config; None means the built-in local model."""
+    from apps.opie.agentos.providers import ProviderSpec
+
     if model_config is None:
         return ProviderSpec(provider="local")
     return ProviderSpec(
@@ -171,6 +173,7 @@ class AgentOSConfig:
         """Build (without caching) the agno Agent for a Django agent, as `user` will use it."""
         from agno.agent import Agent as AgnoAgent
 
+        from apps.opie.agentos.providers import get_model
         from apps.opie.agentos.runs import make_run_recorder
 
         spec = provider_spec(django_agent.model_config)
@@ -194,7 +197,6 @@ class AgentOSConfig:
             markdown=True,
             telemetry=False,
             post_hooks=[make_run_recorder(django_agent.pk, spec.provider)],
-            metadata={"owner_id": django_agent.owner_id, "pk": django_agent.pk},
         )
 
     def get_agent(self, django_agent: Agent, user: User) -> AgnoAgent:

@@ -20,7 +20,6 @@ from django.utils import timezone
 
 from apps.opie.agentos import events, prompts
 from apps.opie.agentos.events import AgentEvent
-from apps.opie.agentos.providers import describe_provider_error
 from apps.opie.models import Agent, ChatSession, RunRecord
 
 if TYPE_CHECKING:
@@ -109,6 +108,8 @@ async def _run_and_report(
         ToolCallStartedEvent,
     )
     from agno.run.base import RunStatus
+
+    from apps.opie.agentos.providers import describe_provider_error
 
     ids = {"run_id": run_id, "session_id": session_id, "agent_id": agent_row.agent_id}
     provider = agent_row.model_config.provider if agent_row.model_config else "local"
