@@ -24,14 +24,16 @@ from agno.run.base import RunStatus
 
 from apps.opie.agentos.providers import (
     OVERRIDE_SETTING,
-    LocalLlamaModel,
     ProviderError,
     ProviderSpec,
-    _arithmetic_expression,
-    _explaining,
-    _plan_tool_call,
     describe_provider_error,
     get_model,
+)
+from apps.opie.agentos.providers.errors import explaining
+from apps.opie.agentos.providers.local import (
+    LocalLlamaModel,
+    _arithmetic_expression,
+    _plan_tool_call,
 )
 from tests.fakes import FAILURE_MESSAGE, ScriptedModel, make_model
 
@@ -426,7 +428,7 @@ def test_it_describes_common_provider_failures(error: Exception, expected: str) 
 
 
 def test_it_rewrites_provider_failures_inside_agent_runs() -> None:
-    model = _explaining(ScriptedModel, "ollama")()
+    model = explaining(ScriptedModel, "ollama")()
 
     run = agent_with(model).run("fail")
     streamed = run_errors(agent_with(model).run("fail", stream=True))

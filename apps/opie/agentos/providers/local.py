@@ -1,8 +1,7 @@
-"""Model providers for Opie agents: a factory from a ProviderSpec to an agno Model.
+"""The `local` provider: gemma-3-270m (a base model) in-process with llama.cpp.
 
-``local`` runs gemma-3-270m (a base model) in-process with llama.cpp; the other providers wrap
-agno's own model classes so that every failure surfaces as a ModelProviderError whose message
-names the provider and what to check.
+It is prompted as a completion, not a chat; tool calls come from a deterministic plan
+forced through llama.cpp's function-calling format.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -20,32 +17,20 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import uuid4
 
-from agno.exceptions import (
-    AgentRunException,
-    ContextWindowExceededError,
-    ModelAuthenticationError,
-    ModelProviderError,
-    ModelRateLimitError,
-    RetryableModelProviderError,
-    RunCancelledException,
-    redact_secrets,
-)
 from agno.metrics import MessageMetrics
 from agno.models.base import Model
 from agno.models.message import Message
 from agno.models.response import ModelResponse
 
+from apps.opie.agentos.providers.errors import explaining_errors
+
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-PROVIDERS = ("local", "openai", "anthropic", "ollama", "openai_compatible")
-OVERRIDE_SETTING = "AGENTOS_MODEL_OVERRIDE"
-DEFAULT_OLLAMA_HOST = "http://localhost:11434"
-
-BASE_DIR = Path(__file__).resolve().parents[3]
+BASE_DIR = Path(__file__).resolve().parents[4]
 LOCAL_MODEL_ID = "gemma-3-270m-q4_k_m"
 LOCAL_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 LOCAL_N_CTX = 2048
@@ -62,420 +47,6 @@ LOCAL_TOOL_EXAMPLES = (
     "Tool result (lookup): The report was written by Dana in May.\n"
     "Assistant: Dana wrote the report."
 )
-
-_LABELS = {
-    "local": "Local (llama.cpp)",
-    "openai": "OpenAI",
-    "anthropic": "Anthropic",
-    "ollama": "Ollama",
-    "openai_compatible": "OpenAI-compatible",
-}
-_DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-_WHAT_TO_CHECK = {
-    "local": (
-        "Check that llama-cpp-python is installed and that the GGUF file in "
-        "$OPIE_MODEL_DIR (default .data/models) is intact; delete it to re-assemble it."
-    ),
-    "openai": "Check the API key, the model_id and the OpenAI status page.",
-    "anthropic": "Check the API key, the model_id and the Anthropic status page.",
-    "ollama": (
-        "Check that `ollama serve` is running at base_url and that the model is pulled "
-        "(`ollama pull <model_id>`)."
-    ),
-    "openai_compatible": "Check base_url, model_id and the server's logs.",
-}
-_DETAIL_CHARS = 300
-
-
-@dataclass(frozen=True)
-class ProviderSpec:
-    """Which provider and model an agent uses; ``provider`` is one of PROVIDERS."""
-
-    provider: str = "local"
-    model_id: str = ""
-    base_url: str = ""
-    api_key_env: str = ""
-    temperature: float | None = None
-    max_tokens: int | None = None
-    timeout: float = 60.0
-
-
-class ProviderError(Exception):
-    """A provider cannot be built from its configuration (unknown name, missing key or package)."""
-
-    def __init__(self, provider: str, message: str) -> None:
-        super().__init__(message)
-        self.provider = provider
-
-
-def _label(provider: str) -> str:
-    return _LABELS.get(provider, provider)
-
-
-def _prefix(provider: str) -> str:
-    return f"{_label(provider)} provider: "
-
-
-# --------------------------------------------------------------------------- factory
-
-
-def get_model(config: ProviderSpec) -> Model:
-    """Build the agno Model for ``config``, or the AGENTOS_MODEL_OVERRIDE factory's model."""
-    override = _setting(OVERRIDE_SETTING)
-    if override:
-        return _import_override(override)(config)
-    builder = _BUILDERS.get(config.provider)
-    if builder is None:
-        raise ProviderError(
-            config.provider,
-            f"Unknown model provider {config.provider!r}; use one of: {', '.join(PROVIDERS)}.",
-        )
-    return builder(config)
-
-
-def _setting(name: str) -> str:
-    """Read ``name`` from the environment, then from Django settings when they are available."""
-    value = os.environ.get(name)
-    if value:
-        return value
-    try:
-        from django.conf import settings
-        from django.core.exceptions import ImproperlyConfigured
-    except ImportError:
-        return ""
-    try:
-        return str(getattr(settings, name, "") or "")
-    except ImproperlyConfigured:
-        return ""
-
-
-def _import_override(dotted: str) -> Callable[[ProviderSpec], Model]:
-    module_name, _, attribute = dotted.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ProviderError(
-            "override",
-            f"{OVERRIDE_SETTING}={dotted!r} is not an importable 'package.module:callable' "
-            f"({exc}).",
-        ) from exc
-    if not callable(factory):
-        raise ProviderError("override", f"{OVERRIDE_SETTING}={dotted!r} is not callable.")
-    return cast("Callable[[ProviderSpec], Model]", factory)
-
-
-def _api_key(spec: ProviderSpec, default_env: str = "") -> str | None:
-    env = spec.api_key_env or default_env
-    if not env:
-        return None
-    value = os.environ.get(env)
-    if not value:
-        raise ProviderError(
-            spec.provider,
-            f"{_prefix(spec.provider)}no API key; set the environment variable {env}.",
-        )
-    return value
-
-
-def _require_package(spec: ProviderSpec, module: str, pip_name: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise ProviderError(
-            spec.provider,
-            f"{_prefix(spec.provider)}the Python package `{pip_name}` is not installed; "
-            f"run `pip install {pip_name}`.",
-        )
-
-
-def _common_kwargs(spec: ProviderSpec) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"timeout": spec.timeout}
-    if spec.model_id:
-        kwargs["id"] = spec.model_id
-    if spec.temperature is not None:
-        kwargs["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        kwargs["max_tokens"] = spec.max_tokens
-    return kwargs
-
-
-def _build_local(spec: ProviderSpec) -> Model:
-    _require_package(spec, "llama_cpp", "llama-cpp-python")
-    return LocalLlamaModel(**_common_kwargs(spec))
-
-
-def _build_openai(spec: ProviderSpec) -> Model:
-    api_key = _api_key(spec, "OPENAI_API_KEY")
-    _require_package(spec, "openai", "openai")
-    from agno.models.openai.chat import OpenAIChat
-
-    kwargs = _common_kwargs(spec)
-    if spec.base_url:
-        kwargs["base_url"] = spec.base_url
-    return _explaining(OpenAIChat, spec.provider)(api_key=api_key, **kwargs)
-
-
-def _build_openai_compatible(spec: ProviderSpec) -> Model:
-    if not spec.base_url:
-        raise ProviderError(
-            spec.provider,
-            f"{_prefix(spec.provider)}base_url is required (for example http://localhost:8000/v1).",
-        )
-    api_key = _api_key(spec)
-    _require_package(spec, "openai", "openai")
-    from agno.models.openai.like import OpenAILike
-
-    kwargs = _common_kwargs(spec)
-    if api_key is not None:
-        kwargs["api_key"] = api_key
-    return _explaining(OpenAILike, spec.provider)(base_url=spec.base_url, **kwargs)
-
-
-def _build_anthropic(spec: ProviderSpec) -> Model:
-    api_key = _api_key(spec, "ANTHROPIC_API_KEY")
-    _require_package(spec, "anthropic", "anthropic")
-    from agno.models.anthropic.claude import Claude
-
-    return _explaining(Claude, spec.provider)(api_key=api_key, **_common_kwargs(spec))
-
-
-def _build_ollama(spec: ProviderSpec) -> Model:
-    api_key = _api_key(spec)
-    _require_package(spec, "ollama", "ollama")
-    from agno.models.ollama.chat import Ollama
-
-    options: dict[str, Any] = {}
-    if spec.temperature is not None:
-        options["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        options["num_predict"] = spec.max_tokens
-    kwargs: dict[str, Any] = {
-        "host": spec.base_url or DEFAULT_OLLAMA_HOST,
-        "timeout": spec.timeout,
-        # agno's Ollama reads OLLAMA_API_KEY itself and then switches to ollama.com; only an
-        # explicitly configured key may do that.
-        "api_key": api_key,
-        "options": options or None,
-    }
-    if spec.model_id:
-        kwargs["id"] = spec.model_id
-    return _explaining(Ollama, spec.provider)(**kwargs)
-
-
-_BUILDERS: dict[str, Callable[[ProviderSpec], Model]] = {
-    "local": _build_local,
-    "openai": _build_openai,
-    "openai_compatible": _build_openai_compatible,
-    "anthropic": _build_anthropic,
-    "ollama": _build_ollama,
-}
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def describe_provider_error(exc: BaseException, provider: str) -> str:
-    """Explain a provider failure in one message naming the provider and what to check."""
-    if str(exc).startswith(_prefix(provider)):
-        return str(exc)
-    prefix = _prefix(provider)
-    chain = _exception_chain(exc)
-    detail = _detail(exc)
-
-    if any(_is_timeout(e) for e in chain):
-        advice = (
-            "The machine may be busy; raise the model's timeout or lower max_tokens."
-            if provider == "local"
-            else "Check that the provider is reachable and not overloaded, "
-            "or raise the model's timeout."
-        )
-        return f"{prefix}no answer within the timeout ({detail}). {advice}"
-    if any(_is_connection_error(e) for e in chain):
-        where = _request_url(chain) or "its base_url"
-        reason = "connection refused" if any(_is_refused(e) for e in chain) else _detail(chain[-1])
-        return (
-            f"{prefix}could not connect to {where} ({reason}). "
-            "Check that the server is running and reachable and that base_url is correct."
-        )
-    missing = next((e for e in chain if isinstance(e, ModuleNotFoundError)), None)
-    if missing is not None and missing.name:
-        package = missing.name.split(".")[0]
-        return f"{prefix}the Python package `{package}` is missing; run `pip install {package}`."
-
-    status = _status_code(chain)
-    if status in (401, 403) or any(_has_class(e, "AuthenticationError") for e in chain):
-        where = "the variable named by the model's api_key_env"
-        if provider in _DEFAULT_KEY_ENV:
-            where = f"{_DEFAULT_KEY_ENV[provider]} (or {where})"
-        return (
-            f"{prefix}the credentials were rejected (HTTP {status or 401}: {detail}). "
-            f"Check the API key in {where} and its permissions."
-        )
-    if status == 404:
-        return (
-            f"{prefix}model or endpoint not found (HTTP 404: {detail}). "
-            "Check model_id and base_url."
-        )
-    if status == 429:
-        return (
-            f"{prefix}rate limit or quota exceeded (HTTP 429: {detail}). "
-            "Wait and retry, or check the account's quota."
-        )
-    # In-process llama.cpp has no response to be malformed: its TypeErrors are plain failures.
-    if provider != "local" and any(_is_malformed(e) for e in chain):
-        return (
-            f"{prefix}malformed response ({detail}). Check that base_url points to an API of "
-            "this provider's kind and that the model supports the request."
-        )
-    if status is not None and status >= 500:
-        return (
-            f"{prefix}server error (HTTP {status}: {detail}). The service may be down or "
-            f"overloaded; try again later. {_WHAT_TO_CHECK.get(provider, '')}"
-        ).rstrip()
-    if status is not None and status >= 400:
-        return f"{prefix}request rejected (HTTP {status}: {detail}). Check model_id and settings."
-    return f"{prefix}{detail}. {_WHAT_TO_CHECK.get(provider, '')}".rstrip()
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _detail(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return redact_secrets(text[:_DETAIL_CHARS])
-
-
-def _has_class(exc: BaseException, name: str) -> bool:
-    # Matching class names covers openai/anthropic/ollama errors without importing those SDKs.
-    return any(cls.__name__ == name for cls in type(exc).__mro__)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    import httpx
-
-    return isinstance(exc, httpx.TimeoutException | TimeoutError) or _has_class(
-        exc, "APITimeoutError"
-    )
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    import httpx
-
-    return isinstance(exc, httpx.ConnectError | httpx.NetworkError | ConnectionError) or (
-        _has_class(exc, "APIConnectionError")
-    )
-
-
-def _is_refused(exc: BaseException) -> bool:
-    return isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower()
-
-
-def _is_malformed(exc: BaseException) -> bool:
-    import httpx
-
-    # SDKs parsing an unexpected body fail with these rather than with a dedicated error.
-    parse_errors = AttributeError | TypeError | KeyError | IndexError | json.JSONDecodeError
-    return isinstance(exc, parse_errors | httpx.DecodingError) or _has_class(exc, "ValidationError")
-
-
-def _request_url(chain: list[BaseException]) -> str | None:
-    for exc in chain:
-        with contextlib.suppress(AttributeError, RuntimeError):
-            # httpx raises RuntimeError when an exception carries no request.
-            return str(exc.request.url)  # type: ignore[attr-defined]
-    return None
-
-
-def _status_code(chain: list[BaseException]) -> int | None:
-    for exc in chain:
-        if isinstance(exc, ModelAuthenticationError):
-            return exc.status_code
-        if isinstance(exc, ModelProviderError):
-            continue  # agno uses 502 as a default even for failures that had no HTTP status
-        status = getattr(exc, "status_code", None)
-        if status is None:
-            status = getattr(getattr(exc, "response", None), "status_code", None)
-        if isinstance(status, int):
-            return status
-    return next((e.status_code for e in chain if isinstance(e, ModelProviderError)), None)
-
-
-def _explained(exc: Exception, provider: str, model: Model) -> Exception:
-    """Return ``exc`` as a ModelProviderError whose message explains it, keeping agno's own."""
-    if isinstance(exc, RetryableModelProviderError | AgentRunException | RunCancelledException):
-        return exc
-    message = describe_provider_error(exc, provider)
-    if isinstance(exc, ModelProviderError) and str(exc) == message:
-        return exc
-    chain = _exception_chain(exc)
-    if any(_is_timeout(e) for e in chain):
-        status = 504
-    elif any(_is_connection_error(e) for e in chain):
-        status = 502
-    else:
-        status = _status_code(chain) or 502
-    # Keep agno's rate-limit / context-window classes: its retry logic depends on them.
-    error_class: type[ModelProviderError] = ModelProviderError
-    if isinstance(exc, ModelRateLimitError | ContextWindowExceededError):
-        error_class = type(exc)
-    return error_class(
-        message=message, status_code=status, model_name=model.name, model_id=model.id
-    )
-
-
-@contextlib.contextmanager
-def _explaining_errors(provider: str, model: Model) -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        explained = _explained(exc, provider, model)
-        if explained is exc:
-            raise
-        raise explained from exc
-
-
-class _ExplainsProviderErrors:
-    """Mixin for agno models: failures are re-raised with a message saying what to check."""
-
-    opie_provider: ClassVar[str] = ""
-
-    def invoke(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        with _explaining_errors(self.opie_provider, self):  # type: ignore[arg-type]
-            return super().invoke(*args, **kwargs)  # type: ignore[misc]
-
-    async def ainvoke(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        with _explaining_errors(self.opie_provider, self):  # type: ignore[arg-type]
-            return await super().ainvoke(*args, **kwargs)  # type: ignore[misc]
-
-    def invoke_stream(self, *args: Any, **kwargs: Any) -> Iterator[ModelResponse]:
-        with _explaining_errors(self.opie_provider, self):  # type: ignore[arg-type]
-            yield from super().invoke_stream(*args, **kwargs)  # type: ignore[misc]
-
-    async def ainvoke_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ModelResponse]:
-        with _explaining_errors(self.opie_provider, self):  # type: ignore[arg-type]
-            async for delta in super().ainvoke_stream(*args, **kwargs):  # type: ignore[misc]
-                yield delta
-
-
-_EXPLAINING_CLASSES: dict[tuple[type[Model], str], type[Model]] = {}
-
-
-def _explaining[M: Model](model_class: type[M], provider: str) -> type[M]:
-    key = (model_class, provider)
-    if key not in _EXPLAINING_CLASSES:
-        _EXPLAINING_CLASSES[key] = type(
-            f"Opie{model_class.__name__}",
-            (_ExplainsProviderErrors, model_class),
-            {"opie_provider": provider, "__module__": __name__},
-        )
-    return cast("type[M]", _EXPLAINING_CLASSES[key])
-
-
-# --------------------------------------------------------------------------- local model file
 
 
 _LOAD_LOCK = threading.Lock()
@@ -525,9 +96,6 @@ def preload_local_model() -> Llama:
                 verbose=False,
             )
         return _llama
-
-
-# --------------------------------------------------------------------------- local tool choice
 
 
 _EXPRESSION = re.compile(
@@ -651,9 +219,6 @@ def _parse_arguments(raw: str, tool: dict[str, Any]) -> dict[str, Any]:
         if isinstance(parsed, dict):
             return {k: v for k, v in parsed.items() if not properties or k in properties}
     return {}
-
-
-# --------------------------------------------------------------------------- local prompting
 
 
 def _render_turn(message: Message) -> str | None:
@@ -794,9 +359,6 @@ async def _iterate_in_thread[T](
         abandoned.set()
 
 
-# --------------------------------------------------------------------------- local model
-
-
 @dataclass
 class LocalLlamaModel(Model):
     """gemma-3-270m (base model) run in-process by llama.cpp, prompted as a plain transcript."""
@@ -887,7 +449,7 @@ class LocalLlamaModel(Model):
         tool_choice: str | dict[str, Any] | None,
     ) -> Generator[dict[str, Any], None, None]:
         """Yield completion chunks: one tool call, or text deltas then a usage chunk."""
-        with _explaining_errors("local", self):
+        with explaining_errors("local", self):
             llama = preload_local_model()
             if not _GENERATION_LOCK.acquire(timeout=self.timeout):
                 raise TimeoutError(f"the model was busy with other requests for {self.timeout:g}s")
