@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_tasks_db",
     "apps.accounts",
     "apps.opie",
@@ -185,6 +186,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Agents, sessions and knowledge of the signed-in user.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI's files come from a PyPI package, not a CDN: the docs work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {
@@ -209,3 +214,84 @@ AGENTOS_DEBUG = envbool("AGENTOS_DEBUG", False)
 
 # agno reports usage to its makers unless told not to.
 os.environ.setdefault("AGNO_TELEMETRY", "false")
+
+# Knowledge ingestion and search.
+AGENTOS_MAX_UPLOAD_BYTES = envint("AGENTOS_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
+AGENTOS_ALLOWED_UPLOAD_TYPES = envlist(
+    "AGENTOS_ALLOWED_UPLOAD_TYPES", "txt,md,markdown,html,htm,pdf"
+)
+AGENTOS_MAX_CHUNKS_PER_DOCUMENT = envint("AGENTOS_MAX_CHUNKS_PER_DOCUMENT", 5000)
+AGENTOS_URL_FETCH_TIMEOUT = envint("AGENTOS_URL_FETCH_TIMEOUT", 20)
+# Off in production: a URL on the server's own network (metadata services, admin ports) is
+# not a document. Tests turn it on to fetch from a local server.
+AGENTOS_URL_FETCH_ALLOW_PRIVATE = envbool("AGENTOS_URL_FETCH_ALLOW_PRIVATE", False)
+AGENTOS_KNOWLEDGE_SEARCH_TYPE = env("AGENTOS_KNOWLEDGE_SEARCH_TYPE", "hybrid")
+AGENTOS_HNSW_EF_SEARCH = envint("AGENTOS_HNSW_EF_SEARCH", 200)
+if AGENTOS_KNOWLEDGE_SEARCH_TYPE not in {"hybrid", "vector", "keyword"}:
+    raise ImproperlyConfigured("AGENTOS_KNOWLEDGE_SEARCH_TYPE must be hybrid, vector or keyword.")
+
+# The REST API (apps/opie/api): request limits, pagination, rate limits, errors, schema.
+AGENTOS_MAX_MESSAGE_CHARS = envint("AGENTOS_MAX_MESSAGE_CHARS", 32_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)
+API_PAGE_SIZE = envint("API_PAGE_SIZE", 50)
+API_MAX_PAGE_SIZE = envint("API_MAX_PAGE_SIZE", 200)
+# Per token (per user for the browser session, per address when anonymous); "messages" is
+# the extra budget of the endpoints that run an agent.
+API_RATES = {
+    "api": env("API_RATE", "600/min"),
+    "messages": env("API_MESSAGE_RATE", "60/min"),
+}
+AGENTOS_CHANNEL_DEFAULT_AGENT = env("AGENTOS_CHANNEL_DEFAULT_AGENT")
+REST_FRAMEWORK.update(
+    {
+        "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+        "DEFAULT_PARSER_CLASSES": ["apps.opie.api.parsers.LimitedJSONParser"],
+        "DEFAULT_THROTTLE_CLASSES": ["apps.opie.api.throttling.TokenRateThrottle"],
+        "DEFAULT_PAGINATION_CLASS": "apps.opie.api.pagination.Pagination",
+        "EXCEPTION_HANDLER": "apps.opie.api.errors.exception_handler",
+        "DEFAULT_SCHEMA_CLASS": "apps.opie.api.schema.AutoSchema",
+    }
+)
+SPECTACULAR_SETTINGS.update(
+    {
+        "SCHEMA_PATH_PREFIX": r"/api/v1/agentos",
+        "COMPONENT_SPLIT_REQUEST": True,
+        "PATH_CONVERTER_OVERRIDES": {
+            "api_public_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"},
+            "api_pk": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999},
+        },
+        "ENUM_NAME_OVERRIDES": {
+            "RunStatusEnum": "apps.opie.models.RunRecord.Status",
+            "DocumentStatusEnum": "apps.opie.models.KnowledgeDocument.Status",
+        },
+        "POSTPROCESSING_HOOKS": [
+            "drf_spectacular.hooks.postprocess_schema_enums",
+            "apps.opie.api.schema.add_error_responses",
+        ],
+    }
+)
+
+# Content-Security-Policy (Django's own middleware): scripts and styles come only from this
+# site's static files, so any HTML that slipped into agent output or document text could not
+# run script, load a tracker or post a form elsewhere. Set SECURE_CSP_REPORT_ONLY=true to try
+# a change without enforcing it.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+)
+_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+if envbool("SECURE_CSP_REPORT_ONLY", False):
+    SECURE_CSP_REPORT_ONLY = _CSP
+else:
+    SECURE_CSP = _CSP

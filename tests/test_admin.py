@@ -130,7 +130,11 @@ def test_the_demo_account_is_created_once(db: None) -> None:
     call_command("opie_demo")
     counts = (Agent.objects.count(), KnowledgeDocument.objects.count(), User.objects.count())
     call_command("opie_demo")
-    assert (Agent.objects.count(), KnowledgeDocument.objects.count(), User.objects.count()) == counts
+    assert (
+        Agent.objects.count(),
+        KnowledgeDocument.objects.count(),
+        User.objects.count(),
+    ) == counts
     demo = User.objects.get(email=DEMO_EMAIL)
     assert demo.check_password("opie-demo")
     assert counts[0] == 3

@@ -76,7 +76,7 @@ def test_it_reads_agentos_settings_from_the_environment() -> None:
 def test_it_requires_a_secret_key_outside_debug() -> None:
     environ = {**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "DEBUG": "false"}
     environ.pop("SECRET_KEY", None)
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         cwd=ROOT,
         env=environ,

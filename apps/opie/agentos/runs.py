@@ -58,8 +58,8 @@ async def wait_recorded(run_id: str) -> None:
 
 async def drain() -> None:
     """Wait for every turn still running in this process (tests and shutdown)."""
-    while _running:
-        await asyncio.gather(*list(_running), return_exceptions=True)
+    while pending := [task for task in _running if not task.done()]:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def stream_turn(
@@ -85,6 +85,9 @@ async def _run_turn(
 ) -> None:
     try:
         await _run_and_report(agno_agent, agent_row, session_id, user, message, run_id, emit)
+        # The final event is out; the stream ends once the run's bookkeeping is stored, so a
+        # reader that waits for the end never leaves database work behind.
+        await wait_recorded(run_id)
     finally:
         emit(None)
 

@@ -150,6 +150,7 @@ class AgentOSService:
                 references = event.data["references"]
             elif event.type in events.FINAL:
                 result = dict(event.data)
+                break
         result["tool_calls"] = tool_calls
         result["references"] = references
         return result

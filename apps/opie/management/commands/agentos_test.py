@@ -29,7 +29,7 @@ class Command(BaseCommand):
         selected = select_agents(options["user_id"], options["agent_id"])
         if not selected:
             raise CommandError("No agents to test.")
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for user, agent in selected:
             provider = agent.model_config.provider if agent.model_config else "local"
             started = time.monotonic()
