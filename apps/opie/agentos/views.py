@@ -1,33 +1,40 @@
-"""Web views of the agent product: thin, they call AgentOSService and render."""
+"""The spec's import location of the web views; they live in `apps.opie.web`.
 
-from __future__ import annotations
+The REST views are in `apps.opie.api`. Views are thin: parse, call AgentOSService (or a
+service or selector), render.
+"""
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from apps.opie.web.agents import agent_create, agent_delete, agent_edit, agent_list
+from apps.opie.web.chat import chat, chat_send, chat_stream, run_cancel
+from apps.opie.web.dashboard import dashboard
+from apps.opie.web.knowledge import (
+    document_remove,
+    document_status,
+    document_upload,
+    knowledge_delete,
+    knowledge_detail,
+    knowledge_list,
+)
+from apps.opie.web.sessions import session_delete, session_detail, session_export, session_rename
 
-from apps.accounts.models import User
-from apps.opie.agentos.config import AgentsUnavailable, ensure_enabled
-from apps.opie.agentos.service import AgentOSService
-
-
-class AuthedRequest(HttpRequest):
-    user: User
-
-
-@login_required
-def dashboard(request: AuthedRequest) -> HttpResponse:
-    """The user's agents, recent sessions and the AgentOS instance."""
-    service = AgentOSService(request.user)
-    unavailable = None
-    try:
-        ensure_enabled()
-    except AgentsUnavailable as exc:
-        unavailable = str(exc)
-    context = {
-        "agents": service.get_available_agents(),
-        "sessions": service.get_sessions(limit=10),
-        "info": service.get_info(),
-        "unavailable": unavailable,
-    }
-    return render(request, "opie/dashboard.html", context)
+__all__ = [
+    "agent_create",
+    "agent_delete",
+    "agent_edit",
+    "agent_list",
+    "chat",
+    "chat_send",
+    "chat_stream",
+    "dashboard",
+    "document_remove",
+    "document_status",
+    "document_upload",
+    "knowledge_delete",
+    "knowledge_detail",
+    "knowledge_list",
+    "run_cancel",
+    "session_delete",
+    "session_detail",
+    "session_export",
+    "session_rename",
+]
