@@ -314,5 +314,3 @@ def test_it_builds_the_ollama_embedder() -> None:
     assert built.id == "nomic-embed-text"
     assert built.host == "http://localhost:11434"
     assert built.dimensions == 768
-
-
