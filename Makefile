@@ -43,7 +43,7 @@ run: install
 	@echo "  Stop with Ctrl-C."
 	@echo ""
 	@trap 'true' INT TERM; $(BIN)/honcho start -f Procfile; \
-		[ -n "$$DATABASE_URL" ] || $(BIN)/python -m settings.embedded_db stop
+		[ -n "$$DATABASE_URL" ] || $(BIN)/python settings/embedded_db.py stop
 
 lint: install
 	$(BIN)/ruff format --check .

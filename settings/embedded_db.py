@@ -2,7 +2,8 @@
 
 Every process of `make run` and the test suite share one server under `.data/postgres`.
 The server outlives the processes that start it (`cleanup_mode=None`): `make run` stops it
-explicitly on Ctrl-C with `python -m settings.embedded_db stop`.
+explicitly on Ctrl-C with `python settings/embedded_db.py stop` (run as a script, so the
+settings package, which would start the server, is not imported).
 """
 
 from __future__ import annotations
@@ -57,4 +58,4 @@ if __name__ == "__main__":
     elif sys.argv[1:] == ["start"]:
         print(ensure_running(base))
     else:
-        sys.exit("usage: python -m settings.embedded_db start|stop")
+        sys.exit("usage: python settings/embedded_db.py start|stop")

@@ -515,3 +515,18 @@ def test_it_answers_with_the_real_local_model() -> None:
         ("calculator", {"expression": "12 * 7"}, "84")
     ]
     assert str(run.content).strip()
+
+
+def test_the_local_model_reads_knowledge_as_the_sentences_that_answer_the_question() -> None:
+    from apps.opie.agentos import prompts
+    from apps.opie.agentos.providers.local import _relevant_passage
+
+    chunks = [
+        {"chunk": "# Handbook\nSupport answers from 9 to 5. A refund takes 5 to 7 days."},
+        {"chunk": "Shipping is free over 50 euros."},
+    ]
+    result = "\n".join([prompts.DOCUMENTS_OPEN, json.dumps(chunks), prompts.DOCUMENTS_CLOSE])
+    assert _relevant_passage(result, "How long does a refund take?").startswith(
+        "A refund takes 5 to 7 days."
+    )
+    assert _relevant_passage("No matching passages.", "refund?") == "No matching passages."

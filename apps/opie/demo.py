@@ -7,7 +7,8 @@ from typing import NotRequired, TypedDict
 from django.db import transaction
 
 from apps.accounts.models import User
-from apps.opie.models import Agent, KnowledgeBase, KnowledgeDocument, ModelConfig
+from apps.opie.documents import document_create
+from apps.opie.models import Agent, KnowledgeBase, ModelConfig
 
 DEMO_EMAIL = "demo@opie.local"
 DEMO_PASSWORD = "opie-demo"  # noqa: S105 - a documented local demo login, not a secret
@@ -72,13 +73,8 @@ def ensure_demo_account() -> tuple[User, bool]:
         owner=user, name="Demo handbook", defaults={"description": "Refunds, support, shipping."}
     )
     if not handbook.documents.exists():
-        KnowledgeDocument.objects.create(
-            knowledge_base=handbook,
-            source=KnowledgeDocument.Source.TEXT,
-            title="Handbook",
-            text=DEMO_HANDBOOK,
-            content_type="text/markdown",
-            size_bytes=len(DEMO_HANDBOOK.encode()),
+        document_create(
+            user=user, knowledge_base_id=handbook.pk, title="Handbook", text=DEMO_HANDBOOK
         )
     for spec in DEMO_AGENTS:
         agent, _ = Agent.objects.get_or_create(

@@ -40,12 +40,24 @@ LOCAL_TOOL_ARGS_MAX_TOKENS = 64
 LOCAL_TOOL_RESULT_CHARS = 1500
 LOCAL_REPEAT_PENALTY = 1.2
 LOCAL_STOP = ["\nUser:", "\nAssistant:", "\nTool result", "\n\n", "<end_of_turn>"]
+LOCAL_PASSAGE_SENTENCES = 2
+KNOWLEDGE_TOOL = "search_knowledge"
+_STOP_WORDS = frozenset(
+    re.findall(
+        r"\w+",
+        "a an and are as at be by do does for from how i in is it my of on or the this to was "
+        "what when where which who why with you your",
+    )
+)
 LOCAL_PREAMBLE = "The following is a conversation between a User and a helpful, concise Assistant."
 LOCAL_TOOL_EXAMPLES = (
     "User: What is 6*7?\nTool result (calculator): 42\nAssistant: 6*7 is 42.\n\n"
     "User: Who wrote the report?\n"
     "Tool result (lookup): The report was written by Dana in May.\n"
-    "Assistant: Dana wrote the report."
+    "Assistant: Dana wrote the report.\n\n"
+    "User: How long does delivery take?\n"
+    "Tool result (search_knowledge): Delivery takes 3 days within France.\n"
+    "Assistant: Delivery takes 3 days within France."
 )
 
 
@@ -221,15 +233,40 @@ def _parse_arguments(raw: str, tool: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _render_turn(message: Message) -> str | None:
+def _render_turn(message: Message, question: str = "") -> str | None:
     content = message.get_content_string().strip()
     if message.role == "user":
         return f"User: {content}"
     if message.role == "assistant" and content:
         return f"Assistant: {content}"
     if message.role == "tool":
+        if message.tool_name == KNOWLEDGE_TOOL:
+            content = _relevant_passage(content, question)
         return f"Tool result ({message.tool_name or 'tool'}): {content[:LOCAL_TOOL_RESULT_CHARS]}"
     return None
+
+
+def _relevant_passage(search_result: str, question: str) -> str:
+    """The sentences of a knowledge search result that share most words with the question.
+
+    A 270M base model cannot read a JSON list of chunks, but it copies a short fact well.
+    """
+    from apps.opie.agentos.runs import parse_references
+
+    text = " ".join(str(ref.get("chunk", "")) for ref in parse_references(search_result))
+    sentences = [s.strip(" #") for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip(" #")]
+    if not sentences:
+        return search_result
+    asked = _content_words(question)
+    ranked = sorted(
+        enumerate(sentences), key=lambda item: (-len(asked & _content_words(item[1])), item[0])
+    )
+    best = [s for _, s in ranked[:LOCAL_PASSAGE_SENTENCES] if asked & _content_words(s)]
+    return " ".join(best or sentences[:LOCAL_PASSAGE_SENTENCES])
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP_WORDS}
 
 
 def _prompt_tokens(llama: Llama, messages: list[Message], budget: int) -> list[int]:
@@ -241,8 +278,9 @@ def _prompt_tokens(llama: Llama, messages: list[Message], budget: int) -> list[i
     last_user = max(
         (i for i, m in enumerate(conversation) if m.role == "user"), default=len(conversation)
     )
+    question = conversation[last_user].get_content_string() if conversation[last_user:] else ""
     older = [t for t in map(_render_turn, conversation[:last_user]) if t]
-    current = [t for t in map(_render_turn, conversation[last_user:]) if t]
+    current = [t for m in conversation[last_user:] if (t := _render_turn(m, question))]
     # Without a worked example this base model mostly ignores tool results.
     uses_tools = any(m.role == "tool" for m in conversation[last_user:])
     examples = LOCAL_TOOL_EXAMPLES if uses_tools else ""
