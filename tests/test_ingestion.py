@@ -417,6 +417,8 @@ def test_it_skips_documents_a_live_worker_holds(user: User, kb: KnowledgeBase) -
     try:
         assert documents_recover() == []
     finally:
+        # Unlock explicitly: closing returns before the server has released the lock.
+        other.execute("SELECT pg_advisory_unlock(%s)", [document_lock_key(document.pk)])
         other.close()
 
     assert documents_recover() == [document.pk]

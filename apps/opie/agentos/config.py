@@ -164,7 +164,7 @@ class AgentOSConfig:
                 engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
                 self._db = PostgresDb(db_engine=engine, db_schema=AGNO_SCHEMA)
                 self._db_url = url
-                _share_cancellations()
+                share_cancellations()
             return self._db
 
     def create_agent_from_django(
@@ -269,24 +269,20 @@ class AgentOSConfig:
         )
 
 
-def _share_cancellations() -> None:
-    """With Redis configured, a cancel sent to any process reaches the run wherever it runs."""
-    if not settings.REDIS_URL:
-        return
-    from agno.run.cancel import set_cancellation_manager
-    from agno.run.cancellation_management.redis_cancellation_manager import (
-        RedisRunCancellationManager,
-    )
-    from redis import Redis
-    from redis.asyncio import Redis as AsyncRedis
+_cancellations_shared = False
 
-    set_cancellation_manager(
-        RedisRunCancellationManager(
-            redis_client=Redis.from_url(settings.REDIS_URL),
-            async_redis_client=AsyncRedis.from_url(settings.REDIS_URL),
-            key_prefix="agentos_cancel_",
-        )
-    )
+
+def share_cancellations() -> None:
+    """With Redis configured, a cancel sent to any process reaches the run wherever it runs."""
+    global _cancellations_shared
+    if _cancellations_shared or not settings.REDIS_URL:
+        return
+    _cancellations_shared = True
+    from agno.run.cancel import set_cancellation_manager
+
+    from apps.opie.agentos.cancellation import PerLoopRedisCancellationManager
+
+    set_cancellation_manager(PerLoopRedisCancellationManager(settings.REDIS_URL))
 
 
 def knowledge_search_tool(knowledge_base_ids: list[int]) -> Callable[..., Any]:

@@ -355,6 +355,9 @@ async def cancel(run_id: str) -> bool:
     """Ask a run to stop, in whichever process it runs (through Redis when configured)."""
     from agno.agent import Agent as AgnoAgent
 
+    from apps.opie.agentos.config import share_cancellations
+
+    share_cancellations()
     return await AgnoAgent.acancel_run(run_id)
 
 
