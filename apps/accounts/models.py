@@ -121,3 +121,39 @@ class APIToken(models.Model):
     def is_usable(self) -> bool:
         """Whether the token still authenticates."""
         return not self.is_revoked and not self.is_expired
+
+
+class AuditEvent(models.Model):
+    """A security-relevant change: who did what to which row, and from where."""
+
+    class Action(models.TextChoices):
+        TOKEN_CREATED = "token.created"  # noqa: S105 - an event name, not a secret
+        TOKEN_REVOKED = "token.revoked"  # noqa: S105 - an event name, not a secret
+        TOKEN_UPDATED = "token.updated"  # noqa: S105 - an event name, not a secret
+        TOKEN_DELETED = "token.deleted"  # noqa: S105 - an event name, not a secret
+        AGENT_CREATED = "agent.created"
+        AGENT_UPDATED = "agent.updated"
+        AGENT_DELETED = "agent.deleted"
+
+    # SET_NULL, not CASCADE: the record of what a user did must outlive the user.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    actor_email = models.EmailField(blank=True, help_text="The actor's email at the time.")
+    action = models.CharField(max_length=32, choices=Action.choices)
+    target_type = models.CharField(max_length=32)
+    target_id = models.CharField(max_length=64)
+    details = models.JSONField(default=dict, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        indexes = (models.Index(fields=("target_type", "target_id")),)
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target_type}:{self.target_id} by {self.actor_email or '-'}"

@@ -6,6 +6,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from apps.accounts.audit import client_ip
 from apps.accounts.forms import TokenCreateForm
 from apps.accounts.models import APIToken, User
 from apps.accounts.tokens import token_create, token_revoke
@@ -23,7 +24,11 @@ def tokens(request: AuthedRequest) -> HttpResponse:
     new_token = None
     if request.method == "POST" and form.is_valid():
         _, new_token = token_create(
-            user=request.user, name=form.cleaned_data["name"], expires_at=form.expires_at()
+            user=request.user,
+            name=form.cleaned_data["name"],
+            expires_at=form.expires_at(),
+            actor=request.user,
+            ip=client_ip(request),
         )
         form = TokenCreateForm()
     context = {
@@ -39,7 +44,9 @@ def tokens(request: AuthedRequest) -> HttpResponse:
 def token_revoke_view(request: AuthedRequest, token_id: int) -> HttpResponse:
     """Revoke one of the user's tokens."""
     try:
-        token = token_revoke(user=request.user, token_id=token_id)
+        token = token_revoke(
+            user=request.user, token_id=token_id, actor=request.user, ip=client_ip(request)
+        )
     except APIToken.DoesNotExist:
         raise Http404("No such token.") from None
     messages.success(request, f"Token “{token.name}” revoked.")

@@ -1,6 +1,15 @@
-from django.contrib import admin
+from __future__ import annotations
 
+from django.contrib import admin
+from django.db import transaction
+from django.db.models import QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
+
+from apps.accounts.audit import acting_user, audit_record, client_ip
+from apps.accounts.models import AuditEvent
 from apps.opie.models import Agent, ChatSession, KnowledgeBase, KnowledgeDocument, ModelConfig
+from apps.opie.services import agent_details
 
 
 @admin.register(ModelConfig)
@@ -26,6 +35,40 @@ class AgentAdmin(admin.ModelAdmin):
     search_fields = ("name", "agent_id", "description", "owner__email")
     autocomplete_fields = ("owner", "model_config")
     filter_horizontal = ("knowledge_bases",)
+
+    def save_model(
+        self, request: HttpRequest, obj: Agent, form: ModelForm[Agent], change: bool
+    ) -> None:
+        """Save, and record the change in the audit log."""
+        super().save_model(request, obj, form, change)
+        audit_record(
+            actor=acting_user(request),
+            action=AuditEvent.Action.AGENT_UPDATED if change else AuditEvent.Action.AGENT_CREATED,
+            target=obj,
+            details=agent_details(obj, form.changed_data if change else ()),
+            ip=client_ip(request),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: Agent) -> None:
+        """Delete, recording it first while the agent still has its primary key."""
+        self._record_deleted(request, obj)
+        super().delete_model(request, obj)
+
+    @transaction.atomic
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        """The bulk delete action: one audit event per agent."""
+        for agent in queryset:
+            self._record_deleted(request, agent)
+        super().delete_queryset(request, queryset)
+
+    def _record_deleted(self, request: HttpRequest, agent: Agent) -> None:
+        audit_record(
+            actor=acting_user(request),
+            action=AuditEvent.Action.AGENT_DELETED,
+            target=agent,
+            details=agent_details(agent),
+            ip=client_ip(request),
+        )
 
 
 class KnowledgeDocumentInline(admin.TabularInline):

@@ -6,9 +6,11 @@ from typing import NotRequired, TypedDict
 
 from django.db import transaction
 
-from apps.accounts.models import User
+from apps.accounts.audit import audit_record
+from apps.accounts.models import AuditEvent, User
 from apps.opie.documents import document_create
 from apps.opie.models import Agent, KnowledgeBase, ModelConfig
+from apps.opie.services import agent_details
 
 DEMO_EMAIL = "demo@opie.local"
 DEMO_PASSWORD = "opie-demo"  # noqa: S105 - a documented local demo login, not a secret
@@ -77,7 +79,7 @@ def ensure_demo_account() -> tuple[User, bool]:
             user=user, knowledge_base_id=handbook.pk, title="Handbook", text=DEMO_HANDBOOK
         )
     for spec in DEMO_AGENTS:
-        agent, _ = Agent.objects.get_or_create(
+        agent, agent_created = Agent.objects.get_or_create(
             agent_id=spec["agent_id"],
             defaults={
                 "owner": user,
@@ -90,4 +92,11 @@ def ensure_demo_account() -> tuple[User, bool]:
         )
         if spec.get("knowledge"):
             agent.knowledge_bases.add(handbook)
+        if agent_created:
+            audit_record(
+                actor=None,
+                action=AuditEvent.Action.AGENT_CREATED,
+                target=agent,
+                details={**agent_details(agent), "source": "demo"},
+            )
     return user, created

@@ -13,7 +13,8 @@ from typing import Any
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 
-from apps.accounts.models import User
+from apps.accounts.audit import audit_record
+from apps.accounts.models import AuditEvent, User
 from apps.opie import selectors
 from apps.opie.agentos.knowledge import drop_orphan_tables
 from apps.opie.agentos.service import NotFound
@@ -61,7 +62,15 @@ def _own_knowledge_bases(user: User, ids: Iterable[int]) -> list[KnowledgeBase]:
     return found
 
 
-def _save_agent(agent: Agent, user: User, data: dict[str, Any]) -> Agent:
+def agent_details(agent: Agent, fields: Iterable[str] = ()) -> dict[str, Any]:
+    """What an audit event says about an agent; changed fields by name, not their values."""
+    details: dict[str, Any] = {"agent_id": agent.agent_id, "name": agent.name}
+    if fields:
+        details["fields"] = sorted(fields)
+    return details
+
+
+def _save_agent(agent: Agent, user: User, data: dict[str, Any], ip: str | None) -> Agent:
     if data.get("is_global") and not agent.is_global and not user.is_staff:
         raise PermissionDenied("Only staff may publish vault agents.")
     for name in AGENT_FIELDS:
@@ -75,33 +84,54 @@ def _save_agent(agent: Agent, user: User, data: dict[str, Any]) -> Agent:
         else None
     )
     agent.full_clean()
+    adding = agent._state.adding
+    action = AuditEvent.Action.AGENT_CREATED if adding else AuditEvent.Action.AGENT_UPDATED
     try:
         with transaction.atomic():
             agent.save()
             if kbs is not None:
                 agent.knowledge_bases.set(kbs)
+            audit_record(
+                actor=user,
+                action=action,
+                target=agent,
+                details=agent_details(agent, () if adding else data.keys()),
+                ip=ip,
+            )
     except IntegrityError:
         # Two creates racing for one agent_id: the loser hears what full_clean would have said.
         raise ValidationError({"agent_id": "This agent id is taken."}) from None
     return agent
 
 
-def agent_create(*, user: User, data: dict[str, Any]) -> Agent:
+def agent_create(*, user: User, data: dict[str, Any], ip: str | None = None) -> Agent:
     """Create an agent owned by the user."""
     agent = Agent(owner=user)
     if data.get("agent_id"):
         agent.agent_id = data["agent_id"]
-    return _save_agent(agent, user, data)
+    return _save_agent(agent, user, data, ip)
 
 
-def agent_update(*, user: User, agent_id: str, data: dict[str, Any]) -> Agent:
+def agent_update(
+    *, user: User, agent_id: str, data: dict[str, Any], ip: str | None = None
+) -> Agent:
     """Change the given fields of one of the user's agents."""
-    return _save_agent(_editable_agent(user, agent_id), user, data)
+    return _save_agent(_editable_agent(user, agent_id), user, data, ip)
 
 
-def agent_delete(*, user: User, agent_id: str) -> None:
+@transaction.atomic
+def agent_delete(*, user: User, agent_id: str, ip: str | None = None) -> None:
     """Delete one of the user's agents with its sessions."""
-    _editable_agent(user, agent_id).delete()
+    agent = _editable_agent(user, agent_id)
+    # Recorded first: after delete() the agent has no primary key left to name.
+    audit_record(
+        actor=user,
+        action=AuditEvent.Action.AGENT_DELETED,
+        target=agent,
+        details=agent_details(agent),
+        ip=ip,
+    )
+    agent.delete()
 
 
 def model_config_get(*, user: User, config_id: int) -> ModelConfig:

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.audit import client_ip
 from apps.opie import selectors, services
 from apps.opie.agentos.tools import tool_registry
 from apps.opie.api.pagination import Pagination, paginated_response
@@ -44,13 +45,15 @@ class AgentDetailView(APIView):
         """Change an agent you own."""
         user = current_user(request)
         data = validated(AgentUpdateSerializer, request.data)
-        agent = services.agent_update(user=user, agent_id=agent_id, data=data)
+        agent = services.agent_update(
+            user=user, agent_id=agent_id, data=data, ip=client_ip(request)
+        )
         return Response(AgentSerializer(agent_data(agent, user)).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, agent_id: str) -> Response:
         """Delete an agent you own, with its sessions."""
-        services.agent_delete(user=current_user(request), agent_id=agent_id)
+        services.agent_delete(user=current_user(request), agent_id=agent_id, ip=client_ip(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -27,6 +27,7 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
+from apps.accounts.audit import client_ip
 from apps.accounts.models import User
 from apps.opie import selectors, services
 from apps.opie.agentos.service import AgentOSService, agent_summary, session_summary
@@ -186,7 +187,9 @@ class AgentListView(APIView):
         """Create an agent you own; `is_global` (a vault agent) needs staff rights."""
         user = current_user(request)
         agent = services.agent_create(
-            user=user, data=validated(AgentCreateSerializer, request.data)
+            user=user,
+            data=validated(AgentCreateSerializer, request.data),
+            ip=client_ip(request),
         )
         return Response(
             AgentSerializer(agent_data(agent, user)).data, status=status.HTTP_201_CREATED

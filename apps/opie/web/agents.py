@@ -9,6 +9,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from apps.accounts.audit import client_ip
 from apps.opie import services
 from apps.opie.agentos.service import NotFound
 from apps.opie.agentos.tools import tool_registry
@@ -61,7 +62,9 @@ def agent_create(request: AuthedRequest) -> HttpResponse:
     form = AgentForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
-            agent = services.agent_create(user=request.user, data=form.service_data())
+            agent = services.agent_create(
+                user=request.user, data=form.service_data(), ip=client_ip(request)
+            )
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:
@@ -81,7 +84,12 @@ def agent_edit(request: AuthedRequest, agent_id: str) -> HttpResponse:
     form = AgentForm(request.POST or None, user=request.user, agent=agent)
     if request.method == "POST" and form.is_valid():
         try:
-            services.agent_update(user=request.user, agent_id=agent_id, data=form.service_data())
+            services.agent_update(
+                user=request.user,
+                agent_id=agent_id,
+                data=form.service_data(),
+                ip=client_ip(request),
+            )
         except ValidationError as exc:
             form.add_service_errors(exc)
         else:
@@ -98,6 +106,6 @@ def agent_delete(request: AuthedRequest, agent_id: str) -> HttpResponse:
         agent = reads.owned_agent(request.user, agent_id)
     except NotFound as exc:
         return not_found(request, str(exc))
-    services.agent_delete(user=request.user, agent_id=agent.agent_id)
+    services.agent_delete(user=request.user, agent_id=agent.agent_id, ip=client_ip(request))
     messages.success(request, f"Agent “{agent.name}” deleted.")
     return redirect("opie:agents")
