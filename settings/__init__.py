@@ -106,18 +106,24 @@ TEMPLATES = [
 
 DATABASE_URL = env("DATABASE_URL")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
 else:
     from settings.embedded_db import ensure_running
 
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
-            "CONN_MAX_AGE": 60,
             **ensure_running(DATA_DIR),  # type: ignore[typeddict-item]
         }
     }
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Under ASGI every request runs its sync code in a thread of its own; persistent per-thread
+# connections would pile up past the server's limit under load. A pool bounds them.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    "min_size": 1,
+    "max_size": envint("DATABASE_POOL_SIZE", 10),
+    "timeout": envint("DATABASE_POOL_TIMEOUT", 20),
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL")

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
 
 from apps.opie.agentos import prompts, versions
+from apps.opie.agentos.db import in_thread
 from apps.opie.agentos.lru import LRU
 from apps.opie.agentos.tools import get_tools
 
@@ -161,7 +161,9 @@ class AgentOSConfig:
                 from agno.db.postgres import PostgresDb
                 from sqlalchemy import create_engine
 
-                engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+                # Sessions are read and written briefly per turn: a small pool serves many
+                # concurrent turns, and the server's connection limit is shared with Django's.
+                engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
                 self._db = PostgresDb(db_engine=engine, db_schema=AGNO_SCHEMA)
                 self._db_url = url
                 share_cancellations()
@@ -210,7 +212,7 @@ class AgentOSConfig:
         key = (user.pk, django_agent.pk)
         agent = self.cache.get(key, version)
         if agent is None:
-            agent = await sync_to_async(self.create_agent_from_django)(django_agent, user)
+            agent = await in_thread(self.create_agent_from_django, django_agent, user)
             self.cache.put(key, version, agent)
         return agent
 
@@ -227,7 +229,7 @@ class AgentOSConfig:
                 return row, agent
         from apps.opie.selectors import agent_for
 
-        row = await sync_to_async(agent_for)(user, agent_id)
+        row = await in_thread(agent_for, user, agent_id)
         agent = await self.aget_agent(row, user)
         self._rows.put(row_key, row)
         return row, agent

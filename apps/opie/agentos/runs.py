@@ -14,11 +14,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import sync_to_async
 from django.core.cache import cache
 from django.utils import timezone
 
 from apps.opie.agentos import events, prompts
+from apps.opie.agentos.db import in_thread
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.models import Agent, ChatSession, RunRecord
 
@@ -291,7 +291,8 @@ async def record_run(
     title: str = "",
 ) -> None:
     """Store a run's usage and bring its session to the top of the user's list."""
-    await sync_to_async(_record_run)(
+    await in_thread(
+        _record_run,
         run_id,
         user_id,
         agent_pk,

@@ -11,7 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError
@@ -19,6 +19,7 @@ from django.db import IntegrityError
 from apps.opie import selectors
 from apps.opie.agentos import events, runs
 from apps.opie.agentos.config import AgentsUnavailable, agent_os_config, ensure_enabled
+from apps.opie.agentos.db import in_thread
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.agentos.lru import LRU
 from apps.opie.models import Agent, ChatSession, RunRecord
@@ -169,7 +170,7 @@ class AgentOSService:
         if session_id is not None and _claimed.get(session_id) == owner:
             turn_session = session_id
         else:
-            session = await sync_to_async(self.claim_session)(agent_row, session_id, message)
+            session = await in_thread(self.claim_session, agent_row, session_id, message)
             turn_session = session.session_id
             _claimed.put(turn_session, owner)
         async for event in runs.stream_turn(
@@ -185,7 +186,10 @@ class AgentOSService:
         self, agent_id: str, session_id: str | None, message: str
     ) -> tuple[Agent, ChatSession]:
         """Resolve the agent and claim the session for this user (created when new)."""
-        return (agent := self._agent(agent_id)), self.claim_session(agent, session_id, message)
+        agent = self._agent(agent_id)
+        session = self.claim_session(agent, session_id, message)
+        _claimed.put(session.session_id, (self.user.pk, agent.pk))
+        return agent, session
 
     def claim_session(self, agent: Agent, session_id: str | None, message: str) -> ChatSession:
         """The user's session with this agent, created when new; a foreign one is not found."""

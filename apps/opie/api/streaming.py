@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from apps.opie.agentos import events
 from apps.opie.agentos.config import AgentsUnavailable, ensure_enabled
+from apps.opie.agentos.db import releasing
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.agentos.providers import ProviderError
 from apps.opie.agentos.service import AgentOSService, ServiceError
@@ -57,7 +58,8 @@ class AsyncAPIView(APIView):
     def as_view(cls, **initkwargs: Any) -> Callable[..., Any]:  # type: ignore[override]
         """The async view; it keeps DRF's attributes (`cls`, `csrf_exempt`) for URLs and schema."""
         sync_view = super().as_view(**initkwargs)
-        in_thread = sync_to_async(sync_view)
+        # The connection goes back to the pool before the answer starts streaming.
+        in_thread = sync_to_async(releasing(sync_view))
 
         async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             response: HttpResponseBase = await in_thread(request, *args, **kwargs)
