@@ -125,6 +125,9 @@ def test_it_never_returns_another_users_documents(kb: KnowledgeBase, theirs: Kno
 def test_it_ignores_filters_a_client_passes_to_an_agent_run(
     monkeypatch: pytest.MonkeyPatch, user: User, kb: KnowledgeBase, theirs: KnowledgeBase
 ) -> None:
+    from agno.run.agent import RunOutput
+
+    from apps.opie.agentos import runs
     from apps.opie.agentos.config import agent_os_config
 
     monkeypatch.setenv("AGENTOS_MODEL_OVERRIDE", "tests.fakes:make_model")
@@ -133,13 +136,17 @@ def test_it_ignores_filters_a_client_passes_to_an_agent_run(
         factories.agent(user, knowledge_bases=[kb]), user
     )
 
-    run = asyncio.run(
-        agent.arun(
+    async def attack() -> RunOutput:
+        run = await agent.arun(
             "search: Project Nightjar launch plan",
             knowledge_filters={"knowledge_base_id": theirs.pk, "user_id": None},
             user_id=str(theirs.owner_id),
         )
-    )
+        # The run's usage is recorded in the background; let it finish before teardown.
+        await runs.drain()
+        return run
+
+    run = asyncio.run(attack())
 
     results = [tool.result or "" for tool in run.tools or []]
     assert len(results) == 1
