@@ -121,6 +121,33 @@ def test_it_never_returns_another_users_documents(kb: KnowledgeBase, theirs: Kno
     assert search([], SECRET) == []
 
 
+def test_it_finds_a_base_indexed_since_its_last_search(kb: KnowledgeBase) -> None:
+    assert search([kb.pk], "money back") == []
+
+    refund = indexed(kb, REFUND)
+
+    assert search([kb.pk], "money back")[0].document_id == refund.pk
+
+
+def test_it_answers_after_a_base_was_deleted_since_its_last_search(
+    user: User, kb: KnowledgeBase
+) -> None:
+    gone = factories.knowledge_base(user)
+    refund = indexed(kb, REFUND)
+    indexed(gone, WIFI)
+    assert {r.knowledge_base_id for r in search([kb.pk, gone.pk], "wifi money")} == {
+        kb.pk,
+        gone.pk,
+    }
+    gone_id = gone.pk
+    gone.delete()
+    drop_orphan_tables()
+
+    references = search([kb.pk, gone_id], "money back")
+
+    assert [r.document_id for r in references] == [refund.pk]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_it_ignores_filters_a_client_passes_to_an_agent_run(
     monkeypatch: pytest.MonkeyPatch, user: User, kb: KnowledgeBase, theirs: KnowledgeBase
