@@ -172,7 +172,8 @@ async def _run_and_report(
         emit(AgentEvent(events.SUCCEEDED, {**outcome, "status": "succeeded"}))
     else:
         status = RunRecord.Status.CANCELLED if cancelled else RunRecord.Status.FAILED
-        await record_run(
+        await in_thread(
+            record_run,
             run_id=run_id,
             user_id=user.pk,
             agent_pk=agent_row.pk,
@@ -236,7 +237,8 @@ def make_run_recorder(agent_pk: int, provider: str) -> Callable[..., Coroutine[A
         run_id = run_output.run_id
         if not user_id or not str(user_id).isdigit() or not run_id:
             return
-        record = record_run(
+        record = in_thread(
+            record_run,
             run_id=run_id,
             user_id=int(user_id),
             agent_pk=agent_pk,
@@ -276,7 +278,7 @@ def _input_text(run_output: RunOutput) -> str:
     return value if isinstance(value, str) else ""
 
 
-async def record_run(
+def record_run(
     *,
     run_id: str,
     user_id: int,
@@ -290,36 +292,7 @@ async def record_run(
     error: str,
     title: str = "",
 ) -> None:
-    """Store a run's usage and bring its session to the top of the user's list."""
-    await in_thread(
-        _record_run,
-        run_id,
-        user_id,
-        agent_pk,
-        session_id,
-        status,
-        model,
-        provider,
-        usage,
-        duration_ms,
-        error,
-        title,
-    )
-
-
-def _record_run(
-    run_id: str,
-    user_id: int,
-    agent_pk: int,
-    session_id: str | None,
-    status: str,
-    model: str,
-    provider: str,
-    usage: dict[str, int],
-    duration_ms: int,
-    error: str,
-    title: str,
-) -> None:
+    """Store a run's usage and bring its session to the top of the user's list (sync ORM)."""
     session = None
     if session_id:
         # Runs started on the AgentOS server have no session row yet: create it for its user.

@@ -11,12 +11,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.accounts.audit import client_ip
 from apps.opie import services
-from apps.opie.agentos.service import NotFound
 from apps.opie.agentos.tools import tool_registry
 from apps.opie.forms import AgentForm
 from apps.opie.models import Agent
 from apps.opie.web import reads
-from apps.opie.web.common import AuthedRequest, not_found
+from apps.opie.web.common import AuthedRequest
 
 
 @login_required
@@ -77,10 +76,7 @@ def agent_create(request: AuthedRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def agent_edit(request: AuthedRequest, agent_id: str) -> HttpResponse:
     """Edit one of the user's agents."""
-    try:
-        agent = reads.owned_agent(request.user, agent_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    agent = reads.owned_agent(request.user, agent_id)
     form = AgentForm(request.POST or None, user=request.user, agent=agent)
     if request.method == "POST" and form.is_valid():
         try:
@@ -102,10 +98,7 @@ def agent_edit(request: AuthedRequest, agent_id: str) -> HttpResponse:
 @require_POST
 def agent_delete(request: AuthedRequest, agent_id: str) -> HttpResponse:
     """Delete one of the user's agents with its sessions."""
-    try:
-        agent = reads.owned_agent(request.user, agent_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    agent = reads.owned_agent(request.user, agent_id)
     services.agent_delete(user=request.user, agent_id=agent.agent_id, ip=client_ip(request))
     messages.success(request, f"Agent “{agent.name}” deleted.")
     return redirect("opie:agents")

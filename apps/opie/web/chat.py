@@ -71,11 +71,8 @@ def chat(request: AuthedRequest, agent_id: str) -> HttpResponse:
     """The chat with an agent: history sidebar, transcript, composer and upload."""
     service = AgentOSService(request.user)
     session_id = request.GET.get("session") or None
-    try:
-        agent = service.get_agent(agent_id)
-        session = service.get_session(session_id) if session_id else None
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    agent = service.get_agent(agent_id)
+    session = service.get_session(session_id) if session_id else None
     if session is not None and session["agent_id"] != agent["agent_id"]:
         return redirect(_chat_url(session["agent_id"], session["session_id"]))
     unavailable = None

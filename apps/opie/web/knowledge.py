@@ -42,10 +42,7 @@ def knowledge_list(request: AuthedRequest) -> HttpResponse:
 @require_GET
 def knowledge_detail(request: AuthedRequest, kb_id: int) -> HttpResponse:
     """A knowledge base's documents with their status, and the upload form."""
-    try:
-        kb = reads.knowledge_base(request.user, kb_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    kb = reads.knowledge_base(request.user, kb_id)
     context = {
         "kb": kb,
         "documents": reads.documents_of(request.user, kb.pk),
@@ -60,10 +57,7 @@ def knowledge_detail(request: AuthedRequest, kb_id: int) -> HttpResponse:
 @require_POST
 def knowledge_delete(request: AuthedRequest, kb_id: int) -> HttpResponse:
     """Delete a knowledge base with its documents and vectors."""
-    try:
-        kb = reads.knowledge_base(request.user, kb_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    kb = reads.knowledge_base(request.user, kb_id)
     services.knowledge_base_delete(user=request.user, kb_id=kb.pk)
     messages.success(request, f"Knowledge base “{kb.name}” deleted.")
     return redirect("opie:knowledge")
@@ -73,10 +67,7 @@ def knowledge_delete(request: AuthedRequest, kb_id: int) -> HttpResponse:
 @require_POST
 def document_upload(request: AuthedRequest, kb_id: int) -> HttpResponse:
     """Add a document and queue its indexing; htmx gets the refreshed document list."""
-    try:
-        kb = reads.knowledge_base(request.user, kb_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    kb = reads.knowledge_base(request.user, kb_id)
     document, error = _add_document(request, kb.pk)
     if not is_htmx(request):
         if error:
@@ -111,10 +102,7 @@ def _add_document(
 @require_GET
 def document_status(request: AuthedRequest, document_id: int) -> HttpResponse:
     """One document's row: status and progress; it keeps polling until ready or failed."""
-    try:
-        document = reads.document(request.user, document_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    document = reads.document(request.user, document_id)
     return render(request, "opie/partials/_document.html", {"document": document})
 
 

@@ -10,7 +10,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from apps.opie.agentos.service import AgentOSService, InvalidInput, NotFound
+from apps.opie.agentos.service import AgentOSService, InvalidInput
 from apps.opie.forms import RenameForm
 from apps.opie.web.common import AuthedRequest, not_found
 from apps.opie.web.exports import session_markdown
@@ -22,10 +22,7 @@ EXPORTS = {"md": "text/markdown; charset=utf-8", "json": "application/json"}
 def _detail(
     request: AuthedRequest, session_id: str, form: RenameForm | None = None
 ) -> HttpResponse:
-    try:
-        session = AgentOSService(request.user).get_session(session_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    session = AgentOSService(request.user).get_session(session_id)
     form = form or RenameForm(initial={"title": session["title"]})
     context = {
         "session": session,
@@ -51,8 +48,6 @@ def session_rename(request: AuthedRequest, session_id: str) -> HttpResponse:
         return _detail(request, session_id, form)
     try:
         AgentOSService(request.user).rename_session(session_id, form.cleaned_data["title"])
-    except NotFound as exc:
-        return not_found(request, str(exc))
     except InvalidInput as exc:
         form.add_error("title", str(exc))
         return _detail(request, session_id, form)
@@ -64,10 +59,7 @@ def session_rename(request: AuthedRequest, session_id: str) -> HttpResponse:
 @require_POST
 def session_delete(request: AuthedRequest, session_id: str) -> HttpResponse:
     """Delete a session and its history."""
-    try:
-        AgentOSService(request.user).delete_session(session_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    AgentOSService(request.user).delete_session(session_id)
     messages.success(request, "Session deleted.")
     return redirect("opie:dashboard")
 
@@ -78,10 +70,7 @@ def session_export(request: AuthedRequest, session_id: str, fmt: str) -> HttpRes
     """Download a session as Markdown or JSON."""
     if fmt not in EXPORTS:
         return not_found(request, f"There is no {fmt!r} export.")
-    try:
-        session = AgentOSService(request.user).get_session(session_id)
-    except NotFound as exc:
-        return not_found(request, str(exc))
+    session = AgentOSService(request.user).get_session(session_id)
     if fmt == "md":
         body = session_markdown(session)
     else:
