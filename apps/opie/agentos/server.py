@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
@@ -62,6 +62,11 @@ from apps.opie.agentos.config import (
     ensure_enabled,
 )
 from apps.opie.agentos.service import AgentOSService, InvalidInput, NotFound
+from apps.opie.outages import (
+    DATABASE_UNAVAILABLE,
+    DATABASE_UNAVAILABLE_MESSAGE,
+    RETRY_AFTER_SECONDS,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -265,7 +270,14 @@ class AgentOSServer:
             # A browser's CORS preflight carries no token; agno's CORS middleware answers it.
             await self._storage_app(scope, receive, send)
             return
-        response_or_app = await self._dispatch(scope, receive, path, headers)
+        try:
+            response_or_app = await self._dispatch(scope, receive, path, headers)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning("Database unavailable: %s", " ".join(str(exc).split()))
+            response_or_app = error_response(
+                503, DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE
+            )
+            response_or_app.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         if isinstance(response_or_app, Response):
             await response_or_app(scope, receive, send)
         else:

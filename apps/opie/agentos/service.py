@@ -131,7 +131,7 @@ class AgentOSService:
 
         async def send_and_record() -> dict[str, Any]:
             result = await self.asend_message(agent_id, message, session_id)
-            await runs.wait_recorded(result["run_id"])
+            await runs.wait_recorded(result["run_id"], timeout=runs.RECORD_WAIT_SECONDS)
             return result
 
         result: dict[str, Any] = async_to_sync(send_and_record)()

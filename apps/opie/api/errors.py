@@ -25,6 +25,12 @@ from apps.opie.agentos.knowledge import KnowledgeMismatch
 from apps.opie.agentos.providers import ProviderError
 from apps.opie.agentos.service import InvalidInput, NotFound
 from apps.opie.api.exceptions import Conflict, RequestTooLarge, ServiceUnavailable
+from apps.opie.outages import (
+    DATABASE_UNAVAILABLE,
+    DATABASE_UNAVAILABLE_MESSAGE,
+    RETRY_AFTER_SECONDS,
+    is_database_outage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +88,11 @@ def _as_api_exception(exc: Exception) -> exceptions.APIException | None:
         translated = ServiceUnavailable(str(exc), code="provider_unavailable")
     elif isinstance(exc, EmbedderError):
         translated = ServiceUnavailable(str(exc), code="embedder_unavailable")
+    elif is_database_outage(exc):
+        logger.warning("Database unavailable: %s", " ".join(str(exc).split()))
+        translated = ServiceUnavailable(
+            DATABASE_UNAVAILABLE_MESSAGE, code=DATABASE_UNAVAILABLE, wait=RETRY_AFTER_SECONDS
+        )
     return translated
 
 
@@ -125,8 +136,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         code, message = "invalid", f"Invalid input. {_first_message(api_exc.detail)}"
     else:
         code, message = _code_of(api_exc), str(api_exc.detail)
-    if isinstance(api_exc, exceptions.Throttled):
-        retry_after = max(1, math.ceil(getattr(api_exc, "wait", None) or 1))
+    wait = getattr(api_exc, "wait", None)
+    if isinstance(api_exc, exceptions.Throttled) or wait:
+        retry_after = max(1, math.ceil(wait or 1))
         headers["Retry-After"] = str(retry_after)
         details = {"retry_after": retry_after}
     set_rollback()

@@ -27,3 +27,10 @@ class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "The service is unavailable."
     default_code = "unavailable"
+
+    def __init__(
+        self, detail: str | None = None, code: str | None = None, wait: int | None = None
+    ) -> None:
+        super().__init__(detail, code)
+        # Seconds after which trying again makes sense (sent as Retry-After).
+        self.wait = wait

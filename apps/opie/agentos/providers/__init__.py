@@ -42,6 +42,9 @@ class ProviderSpec:
     temperature: float | None = None
     max_tokens: int | None = None
     timeout: float = 60.0
+    # Retries of a request that got no answer (refused, 429, 5xx), made by the provider's SDK.
+    # agno's own `retries` would restart a stream half-way and send its first deltas twice.
+    max_retries: int = 2
 
 
 class ProviderError(Exception):
@@ -142,7 +145,7 @@ def _build_openai(spec: ProviderSpec) -> Model:
     _require_package(spec, "openai", "openai")
     from agno.models.openai.chat import OpenAIChat
 
-    kwargs = _common_kwargs(spec)
+    kwargs = {**_common_kwargs(spec), "max_retries": spec.max_retries}
     if spec.base_url:
         kwargs["base_url"] = spec.base_url
     return explaining(OpenAIChat, spec.provider)(api_key=api_key, **kwargs)
@@ -158,7 +161,7 @@ def _build_openai_compatible(spec: ProviderSpec) -> Model:
     _require_package(spec, "openai", "openai")
     from agno.models.openai.like import OpenAILike
 
-    kwargs = _common_kwargs(spec)
+    kwargs = {**_common_kwargs(spec), "max_retries": spec.max_retries}
     if api_key is not None:
         kwargs["api_key"] = api_key
     return explaining(OpenAILike, spec.provider)(base_url=spec.base_url, **kwargs)
@@ -169,7 +172,9 @@ def _build_anthropic(spec: ProviderSpec) -> Model:
     _require_package(spec, "anthropic", "anthropic")
     from agno.models.anthropic.claude import Claude
 
-    return explaining(Claude, spec.provider)(api_key=api_key, **_common_kwargs(spec))
+    return explaining(Claude, spec.provider)(
+        api_key=api_key, client_params={"max_retries": spec.max_retries}, **_common_kwargs(spec)
+    )
 
 
 def _build_ollama(spec: ProviderSpec) -> Model:

@@ -5,8 +5,10 @@ agno is imported inside the functions that need it, so importing this module sta
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -155,7 +157,9 @@ def _is_malformed(exc: BaseException) -> bool:
     import httpx
 
     # SDKs parsing an unexpected body fail with these rather than with a dedicated error.
-    parse_errors = AttributeError | TypeError | KeyError | IndexError | json.JSONDecodeError
+    parse_errors = (
+        AttributeError | TypeError | KeyError | IndexError | json.JSONDecodeError | EmptyStream
+    )
     return isinstance(exc, parse_errors | httpx.DecodingError) or _has_class(exc, "ValidationError")
 
 
@@ -231,6 +235,20 @@ class _ExplainsProviderErrors:
 
     opie_provider: ClassVar[str] = ""
 
+    def get_async_client(self) -> Any:
+        """agno's cached async client, remade when the event loop changed.
+
+        A client's connections belong to the loop that opened them. Under uvicorn every turn
+        runs on one loop and the client lives on; a synchronous door (WSGI, a management
+        command) runs each turn on a fresh loop and would otherwise reuse a dead one's client.
+        """
+        loop = asyncio.get_running_loop()
+        made_on = getattr(self, "_opie_client_loop", None)
+        if made_on is None or made_on() is not loop:
+            self.async_client = None
+            self._opie_client_loop = weakref.ref(loop)
+        return super().get_async_client()  # type: ignore[misc]
+
     def invoke(self, *args: Any, **kwargs: Any) -> ModelResponse:
         with explaining_errors(self.opie_provider, self):  # type: ignore[arg-type]
             return super().invoke(*args, **kwargs)  # type: ignore[misc]
@@ -241,12 +259,32 @@ class _ExplainsProviderErrors:
 
     def invoke_stream(self, *args: Any, **kwargs: Any) -> Iterator[ModelResponse]:
         with explaining_errors(self.opie_provider, self):  # type: ignore[arg-type]
-            yield from super().invoke_stream(*args, **kwargs)  # type: ignore[misc]
+            answered = False
+            for delta in super().invoke_stream(*args, **kwargs):  # type: ignore[misc]
+                answered = answered or _carries_answer(delta)
+                yield delta
+            if not answered:
+                raise EmptyStream(EMPTY_STREAM)
 
     async def ainvoke_stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ModelResponse]:
         with explaining_errors(self.opie_provider, self):  # type: ignore[arg-type]
+            answered = False
             async for delta in super().ainvoke_stream(*args, **kwargs):  # type: ignore[misc]
+                answered = answered or _carries_answer(delta)
                 yield delta
+            if not answered:
+                raise EmptyStream(EMPTY_STREAM)
+
+
+EMPTY_STREAM = "the answer stream ended without any content"
+
+
+class EmptyStream(ValueError):
+    """A stream that ended without a word: an HTML error page read as SSE, for example."""
+
+
+def _carries_answer(delta: ModelResponse) -> bool:
+    return bool(delta.content or delta.tool_calls or delta.reasoning_content or delta.audio)
 
 
 _EXPLAINING_CLASSES: dict[tuple[type[Model], str], type[Model]] = {}

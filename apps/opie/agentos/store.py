@@ -1,0 +1,99 @@
+"""agno's session store in Postgres, with history writes that outlive a database outage.
+
+agno writes a session and its run when a run ends, synchronously and once: if the database
+is restarting at that moment the write fails, agno logs it, and the turn the user has just
+read would be missing from the session's history. Here a write that fails because the
+database is unreachable is tried again in the background until it lands (about a minute).
+Both writes are upserts, so trying again cannot duplicate anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agno.db.postgres import PostgresDb
+
+from apps.opie.outages import RETRY_DELAYS, is_database_outage
+
+logger = logging.getLogger(__name__)
+
+# Retries in flight, held so the event loop does not drop them.
+_pending: set[asyncio.Task[None]] = set()
+
+
+class ResilientPostgresDb(PostgresDb):
+    """PostgresDb whose session and run upserts are retried after a database outage."""
+
+    def upsert_session(self, session: Any, deserialize: bool | None = True) -> Any:
+        """agno's upsert; on an outage it is also retried in the background."""
+        try:
+            return super().upsert_session(session, deserialize=deserialize)
+        except Exception as exc:
+            if is_database_outage(exc):
+                write = super().upsert_session
+                _retry_later(f"session {session.session_id}", lambda: write(session))
+            raise
+
+    def upsert_run(
+        self,
+        run: Any,
+        session_id: str,
+        user_id: str | None = None,
+        run_index: int | None = None,
+    ) -> Any:
+        """agno's upsert; on an outage it is also retried in the background."""
+        try:
+            return super().upsert_run(run, session_id, user_id=user_id, run_index=run_index)
+        except Exception as exc:
+            if is_database_outage(exc):
+                write = super().upsert_run
+                _retry_later(
+                    f"run {run.run_id}",
+                    lambda: write(run, session_id, user_id=user_id, run_index=run_index),
+                )
+            raise
+
+
+def _retry_later(what: str, write: Callable[[], Any]) -> None:
+    logger.warning("Could not store %s in agno's history yet; retrying in the background", what)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        threading.Thread(target=_retry_in_thread, args=(what, write), daemon=True).start()
+        return
+    task = loop.create_task(_retry_async(what, write))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+async def _retry_async(what: str, write: Callable[[], Any]) -> None:
+    for delay in RETRY_DELAYS:
+        await asyncio.sleep(delay)
+        if await asyncio.to_thread(_attempt, what, write):
+            return
+    logger.error("Gave up storing %s in agno's history: the database stayed unavailable", what)
+
+
+def _retry_in_thread(what: str, write: Callable[[], Any]) -> None:
+    for delay in RETRY_DELAYS:
+        time.sleep(delay)
+        if _attempt(what, write):
+            return
+    logger.error("Gave up storing %s in agno's history: the database stayed unavailable", what)
+
+
+def _attempt(what: str, write: Callable[[], Any]) -> bool:
+    try:
+        write()
+    except Exception as exc:
+        if not is_database_outage(exc):
+            logger.exception("Could not store %s in agno's history", what)
+            return True
+        return False
+    logger.info("Stored %s in agno's history after a database outage", what)
+    return True

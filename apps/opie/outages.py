@@ -1,0 +1,28 @@
+"""A database that cannot be reached is an outage to report, not a bug: 503 and try again.
+
+Django wraps the driver's failures (a refused connection, a connection closed by a restart,
+a pool with no free connection in time) in `OperationalError` and `InterfaceError`, and
+SQLAlchemy, under agno's store, in errors that keep psycopg's own. Every door
+answers them alike: 503 with `Retry-After`, in JSON on the APIs and as a page on the web.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from django.db import InterfaceError, OperationalError
+
+DATABASE_UNAVAILABLE = "database_unavailable"
+DATABASE_UNAVAILABLE_MESSAGE = (
+    "The database is unavailable right now; nothing was changed. Please try again in a few seconds."
+)
+RETRY_AFTER_SECONDS = 5
+# Background writes (a run's bookkeeping, agno's history) wait out an outage of about a minute.
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def is_database_outage(exc: BaseException | None) -> bool:
+    """Whether exc says the database could not be reached or dropped the connection."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    # SQLAlchemy (agno's session store) keeps the driver's error in `orig`.
+    return isinstance(getattr(exc, "orig", None), psycopg.OperationalError | psycopg.InterfaceError)
