@@ -60,6 +60,8 @@ class Turn:
     ttfb: float | None = None
     total: float | None = None
     error: str | None = None
+    status: int | None = None
+    session_id: str | None = None
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Target:
 
     name: str
     base_url: str
-    request: Callable[[httpx.AsyncClient], Any]
+    request: Callable[[httpx.AsyncClient, str | None], Any]
     first_event: str
     ok_event: str
     error_events: frozenset[str] = field(default_factory=frozenset)
@@ -90,17 +92,20 @@ def percentile(values: list[float], pct: float) -> float | None:
     return ordered[rank - 1]
 
 
-async def stream_turn(client: httpx.AsyncClient, target: Target) -> Turn:
+async def stream_turn(
+    client: httpx.AsyncClient, target: Target, session_id: str | None = None
+) -> Turn:
     """Run one streamed turn and time its first delta and its end."""
     start = time.perf_counter()
     turn = Turn()
     event = ""
     finished = False
     try:
-        async with target.request(client) as response:
+        async with target.request(client, session_id) as response:
+            turn.status = response.status_code
             if response.status_code != 200:
                 await response.aread()
-                return Turn(error=f"http {response.status_code}")
+                return Turn(error=f"http {response.status_code}", status=response.status_code)
             async for line in response.aiter_lines():
                 if line.startswith("event:"):
                     event = line[len("event:") :].strip()
@@ -110,6 +115,8 @@ async def stream_turn(client: httpx.AsyncClient, target: Target) -> Turn:
                         turn.error = f"event {event}"
                     elif event == target.ok_event:
                         finished = True
+                elif finished and turn.session_id is None and line.startswith("data:"):
+                    turn.session_id = json.loads(line[len("data:") :]).get("session_id")
     except (httpx.HTTPError, OSError) as exc:
         return Turn(error=type(exc).__name__)
     turn.total = time.perf_counter() - start
@@ -264,6 +271,37 @@ def cleanup() -> None:
         print(f"bench user left in place: {exc}", file=sys.stderr)
 
 
+def opie_target(port: int, agent_id: str, token: str) -> Target:
+    """Opie's streaming send-message endpoint as a load target."""
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def request(client: httpx.AsyncClient, session_id: str | None) -> Any:
+        body = {"agent_id": agent_id, "message": MESSAGE}
+        if session_id:
+            body["session_id"] = session_id
+        return client.stream(
+            "POST", "/api/v1/agentos/send-message/stream/", json=body, headers=auth
+        )
+
+    return Target(
+        name="opie",
+        base_url=f"http://{HOST}:{port}",
+        request=request,
+        first_event="assistant.delta",
+        ok_event="run.succeeded",
+        error_events=frozenset({"run.failed", "run.cancelled"}),
+    )
+
+
+def uvicorn_command(port: int) -> list[str]:
+    """The product served as in production: one uvicorn worker on loopback."""
+    return [
+        *(sys.executable, "-m", "uvicorn", "settings.asgi:application"),
+        *("--host", HOST, "--port", str(port), "--workers", "1"),
+        *("--log-level", "warning", "--no-access-log"),
+    ]
+
+
 def run(args: argparse.Namespace) -> None:
     """Start both servers, drive each concurrency level on both, print figures."""
     setup()
@@ -273,29 +311,14 @@ def run(args: argparse.Namespace) -> None:
     ours_port, anchor_port = free_port(), free_port()
     auth = {"Authorization": f"Bearer {token}"}
 
-    def ours_request(client: httpx.AsyncClient) -> Any:
-        return client.stream(
-            "POST",
-            "/api/v1/agentos/send-message/stream/",
-            json={"agent_id": agent_id, "message": MESSAGE},
-            headers=auth,
-        )
-
-    def anchor_request(client: httpx.AsyncClient) -> Any:
+    def anchor_request(client: httpx.AsyncClient, session_id: str | None) -> Any:
         return client.stream(
             "POST",
             f"/agents/{agent_id}/runs",
             data={"message": MESSAGE, "stream": "true", "user_id": str(user_pk)},
         )
 
-    ours = Target(
-        name="opie",
-        base_url=f"http://{HOST}:{ours_port}",
-        request=ours_request,
-        first_event="assistant.delta",
-        ok_event="run.succeeded",
-        error_events=frozenset({"run.failed", "run.cancelled"}),
-    )
+    ours = opie_target(ours_port, agent_id, token)
     anchor = Target(
         name="agno_agentos",
         base_url=f"http://{HOST}:{anchor_port}",
@@ -304,21 +327,7 @@ def run(args: argparse.Namespace) -> None:
         ok_event="RunCompleted",
         error_events=frozenset({"RunError", "RunCancelled"}),
     )
-    uvicorn_cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "settings.asgi:application",
-        "--host",
-        HOST,
-        "--port",
-        str(ours_port),
-        "--workers",
-        "1",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
+    uvicorn_cmd = uvicorn_command(ours_port)
     anchor_cmd = [
         sys.executable,
         "-m",
