@@ -163,12 +163,12 @@ class AgentOSConfig:
             if self._db is None or self._db_url != url:
                 from sqlalchemy import create_engine
 
-                from apps.opie.agentos.store import ResilientPostgresDb
+                from apps.opie.agentos.store import OpieAgnoDb
 
                 # Sessions are read and written briefly per turn: a small pool serves many
                 # concurrent turns, and the server's connection limit is shared with Django's.
                 engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-                self._db = ResilientPostgresDb(db_engine=engine, db_schema=AGNO_SCHEMA)
+                self._db = OpieAgnoDb(db_engine=engine, db_schema=AGNO_SCHEMA)
                 self._db_url = url
                 share_cancellations()
             return self._db

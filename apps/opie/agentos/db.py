@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from asgiref.sync import sync_to_async
 from django.db import connections
@@ -33,7 +33,12 @@ def releasing[**P, R](func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def threaded[**P, R](func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """An async form of a sync function (ORM work) that releases its connection after."""
+    return sync_to_async(releasing(func))
+
+
 async def in_thread[**P, R](func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """Run a sync function (ORM work) in a thread and release its connection afterwards."""
-    result: R = await sync_to_async(releasing(func))(*args, **kwargs)
+    result: R = await threaded(func)(*args, **kwargs)
     return result

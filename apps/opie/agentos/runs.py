@@ -311,9 +311,52 @@ def record_run(
     error: str,
     title: str = "",
 ) -> None:
-    """Store a run's usage and bring its session to the top of the user's list (sync ORM)."""
-    session = None
-    if session_id:
+    """Store a run's usage and bring its session to the top of the user's list (sync ORM).
+
+    Three statements on the common path: find the session, touch it, upsert the record (a
+    retried recording updates the row it wrote before).
+    """
+    session_pk = _session_of_run(run_id, user_id, agent_pk, session_id, title)
+    record = RunRecord(
+        run_id=run_id,
+        user_id=user_id,
+        agent_id=agent_pk,
+        session_id=session_pk,
+        status=status,
+        model=model[:200],
+        provider=provider[:100],
+        duration_ms=duration_ms,
+        error=error,
+        **usage,
+    )
+    RunRecord.objects.bulk_create(
+        [record], update_conflicts=True, unique_fields=["run_id"], update_fields=RECORD_FIELDS
+    )
+
+
+RECORD_FIELDS = [
+    "user",
+    "agent",
+    "session",
+    "status",
+    "model",
+    "provider",
+    "duration_ms",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+]
+
+
+def _session_of_run(
+    run_id: str, user_id: int, agent_pk: int, session_id: str | None, title: str
+) -> int | None:
+    """The pk of the user's session of a run, touched; created for AgentOS-server runs."""
+    if not session_id:
+        return None
+    found = ChatSession.objects.filter(session_id=session_id).values_list("pk", "user_id").first()
+    if found is None:
         # Runs started on the AgentOS server have no session row yet: create it for its user.
         session, created = ChatSession.objects.get_or_create(
             session_id=session_id,
@@ -323,25 +366,15 @@ def record_run(
                 "title": " ".join(title.split())[:80],
             },
         )
-        if session.user_id != user_id:
-            logger.warning("Run %s names session %s of another user", run_id, session_id)
-            session = None
-        elif not created:
-            ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
-    RunRecord.objects.update_or_create(
-        run_id=run_id,
-        defaults={
-            "user_id": user_id,
-            "agent_id": agent_pk,
-            "session": session,
-            "status": status,
-            "model": model[:200],
-            "provider": provider[:100],
-            "duration_ms": duration_ms,
-            "error": error,
-            **usage,
-        },
-    )
+        found = (session.pk, session.user_id)
+        if created:
+            return session.pk if session.user_id == user_id else None
+    session_pk, owner = found
+    if owner != user_id:
+        logger.warning("Run %s names session %s of another user", run_id, session_id)
+        return None
+    ChatSession.objects.filter(pk=session_pk).update(updated_at=timezone.now())
+    return int(session_pk)
 
 
 async def cancel(run_id: str) -> bool:

@@ -1,10 +1,14 @@
 """agno's session store in Postgres, with history writes that outlive a database outage.
 
+It is agno's PostgresDb with two changes, both for the writes agno makes when a run ends.
+
 agno writes a session and its run when a run ends, synchronously and once: if the database
 is restarting at that moment the write fails, agno logs it, and the turn the user has just
 read would be missing from the session's history. Here a write that fails because the
 database is unreachable is tried again in the background until it lands (about a minute).
-Both writes are upserts, so trying again cannot duplicate anything.
+Both writes are upserts, so trying again cannot duplicate anything. And agno's update of the
+approvals of each finished run is skipped: Opie has no approval flows (the AgentOS server
+does not serve agno's approval routes), so it was a transaction per turn that changed nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ logger = logging.getLogger(__name__)
 _pending: set[asyncio.Task[None]] = set()
 
 
-class ResilientPostgresDb(PostgresDb):
+class OpieAgnoDb(PostgresDb):
     """PostgresDb whose session and run upserts are retried after a database outage."""
 
     def upsert_session(self, session: Any, deserialize: bool | None = True) -> Any:
@@ -57,6 +61,10 @@ class ResilientPostgresDb(PostgresDb):
                     lambda: write(run, session_id, user_id=user_id, run_index=run_index),
                 )
             raise
+
+    def update_approval_run_status(self, run_id: str, run_status: Any) -> int:
+        """No approvals exist in Opie: nothing to update, and no round trip."""
+        return 0
 
 
 def _retry_later(what: str, write: Callable[[], Any]) -> None:

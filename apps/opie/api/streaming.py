@@ -12,14 +12,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 from rest_framework.views import APIView
 
 from apps.opie.agentos import events
 from apps.opie.agentos.config import AgentsUnavailable, ensure_enabled
-from apps.opie.agentos.db import releasing
+from apps.opie.agentos.db import threaded
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.agentos.providers import ProviderError
 from apps.opie.agentos.service import AgentOSService, ServiceError
@@ -59,7 +58,7 @@ class AsyncAPIView(APIView):
         """The async view; it keeps DRF's attributes (`cls`, `csrf_exempt`) for URLs and schema."""
         sync_view = super().as_view(**initkwargs)
         # The connection goes back to the pool before the answer starts streaming.
-        in_thread = sync_to_async(releasing(sync_view))
+        in_thread = threaded(sync_view)
 
         async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             response: HttpResponseBase = await in_thread(request, *args, **kwargs)
