@@ -384,7 +384,8 @@ def test_it_scopes_memories_to_the_token_user(server: Server, world: World) -> N
     bobs = run(client.list_memories(user_id=str(world.alice.pk), headers=bob))
     assert created.memory_id not in {memory.memory_id for memory in bobs.data}
     assert status_of(client.get_memory(created.memory_id, headers=bob)) == 404
-    run(client.delete_memory(created.memory_id, user_id=str(world.bob.pk), headers=bob))
+    foreign_delete = client.delete_memory(created.memory_id, user_id=str(world.bob.pk), headers=bob)
+    assert status_of(foreign_delete) == 404
     assert run(client.get_memory(created.memory_id, headers=alice)).memory == "likes green tea"
     run(client.delete_memory(created.memory_id, headers=alice))
     assert status_of(client.get_memory(created.memory_id, headers=alice)) == 404

@@ -107,7 +107,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/memories", "forward"),
     ("GET", "/memories/*", "forward"),
     ("PATCH", "/memories/*", "forward"),
-    ("DELETE", "/memories/*", "forward"),
+    ("DELETE", "/memories/*", "delete_memory"),
     ("GET", "/memory_topics", "forward"),
     ("GET", "/user_memory_stats", "forward"),
 )
@@ -303,6 +303,9 @@ class AgentOSServer:
             if kind == "delete_session":
                 await sync_to_async(service.delete_session)(params[0])
                 return Response(status_code=204)
+            if kind == "delete_memory" and not await sync_to_async(_owns_memory)(user, params[0]):
+                # agno would answer 204 and delete nothing: say plainly that it is not theirs.
+                raise NotFound(f"Memory {params[0]!r} not found.")
             app = await self.apps.get(user, signature)
             if kind == "run":
                 scope, receive = await _claim_run(service, params[0], scope, receive)
@@ -319,6 +322,11 @@ class AgentOSServer:
         except AgentsUnavailable as exc:
             return error_response(503, "agents_unavailable", str(exc))
         return app, _as_user(scope, user), receive
+
+
+def _owns_memory(user: User, memory_id: str) -> bool:
+    db = agent_os_config.get_db()
+    return db.get_user_memory(memory_id, deserialize=False, user_id=str(user.pk)) is not None
 
 
 def _build_storage_app() -> FastAPI:
