@@ -31,6 +31,13 @@ def admin_web(staff: User) -> Client:
     return client
 
 
+@pytest.fixture(autouse=True)
+def _only_this_tests_events(db: None) -> None:
+    """Modules with a module-scoped world (test_server, test_isolation) leave their events
+    behind on purpose, as an audit log should; this test's transaction starts without them."""
+    AuditEvent.objects.all().delete()
+
+
 def events(action: str) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(action=action))
 
