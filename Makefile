@@ -18,7 +18,7 @@ export FORCE_CMAKE := 1
 help:
 	@echo "make run    start the product (web :8000, AgentOS :7777, worker) on embedded defaults"
 	@echo "make test   ruff, mypy, Django checks and the test suite"
-	@echo "make bench  run the benchmarks and print their table"
+	@echo "make bench  run the benchmarks and print their table (BENCH_ARGS=--quick: smaller)"
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer is required (python3.12 or python3)."; exit 1; }
@@ -56,7 +56,7 @@ test: lint
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)

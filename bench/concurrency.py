@@ -74,6 +74,16 @@ class Target:
     first_event: str
     ok_event: str
     error_events: frozenset[str] = field(default_factory=frozenset)
+    pid: int | None = None  # the server process, for its CPU time per turn
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -136,13 +146,14 @@ async def drive(target: Target, concurrency: int, turns: int, bound: float) -> d
             results.append(await stream_turn(client, target))
 
     async with httpx.AsyncClient(base_url=target.base_url, limits=limits, timeout=timeout) as c:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds(target.pid)
         tasks = [asyncio.create_task(client_loop(c)) for _ in range(concurrency)]
         _done, pending = await asyncio.wait(tasks, timeout=bound)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         wall = time.perf_counter() - start
+        cpu = cpu_seconds(target.pid) - cpu_start
     expected = concurrency * turns
     ok = [t for t in results if t.error is None]
     errors = [t.error for t in results if t.error is not None]
@@ -166,6 +177,7 @@ async def drive(target: Target, concurrency: int, turns: int, bound: float) -> d
         "ttfb_p50_s": round(p50, 3) if p50 is not None else None,
         "ttfb_p99_s": round(p99, 3) if p99 is not None else None,
         "ttfb_p99_vs_model": round(p99 / FIRST_TOKEN_DELAY, 2) if p99 is not None else None,
+        "server_cpu_ms_per_turn": round(1000 * cpu / len(ok), 1) if ok else None,
     }
 
 
@@ -340,12 +352,13 @@ def run(args: argparse.Namespace) -> None:
         "--user-pk",
         str(user_pk),
     ]
-    levels = [50, 100]
+    levels = [int(level) for level in args.levels.split(",")]
     turns = 1 if args.quick else args.turns
     try:
         with server(uvicorn_cmd, env) as ours_proc, server(anchor_cmd, env) as anchor_proc:
             wait_ready(f"{ours.base_url}/api/v1/agentos/agents/", ours_proc, auth)
             wait_ready(f"{anchor.base_url}/agents", anchor_proc, {})
+            ours.pid, anchor.pid = ours_proc.pid, anchor_proc.pid
             figures = asyncio.run(measure([ours, anchor], levels, turns, args.bound))
     finally:
         cleanup()
@@ -380,6 +393,9 @@ def compare(ours: dict[str, Any], anchor: dict[str, Any]) -> dict[str, Any]:
         "ttfb_p50_s": f"{ours['ttfb_p50_s']} vs {anchor['ttfb_p50_s']}",
         "ttfb_p99_s": f"{p99} vs {anchor['ttfb_p99_s']}",
         "errors": f"{ours['errors']} vs {anchor['errors']}",
+        "server_cpu_ms_per_turn": (
+            f"{ours['server_cpu_ms_per_turn']} vs {anchor['server_cpu_ms_per_turn']}"
+        ),
         "meets_ideal_85": ours["pct_of_ideal"] >= 85,
         "meets_p99_1_5x": p99 is not None and p99 <= 1.5 * FIRST_TOKEN_DELAY,
         "zero_errors": ours["errors"] == 0,
@@ -393,6 +409,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one turn per client")
     parser.add_argument("--turns", type=int, default=5, help="turns per client")
     parser.add_argument("--bound", type=float, default=120.0, help="seconds per load phase")
+    parser.add_argument("--levels", default="50,100", help="concurrency levels, comma-separated")
     parser.add_argument("--serve-standalone", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--agent-pk", type=int, help=argparse.SUPPRESS)
