@@ -458,6 +458,15 @@ def test_it_answers_an_unexpected_failure_in_the_error_shape(
     assert "boom" not in error["message"]
 
 
+@pytest.fixture
+def mid_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rate windows are fixed minutes: keep a test's requests inside one of them."""
+    from apps.opie.api.throttling import TokenRateThrottle
+
+    monkeypatch.setattr(TokenRateThrottle, "timer", lambda self: 1_800_000_030.0)
+
+
+@pytest.mark.usefixtures("mid_window")
 def test_it_rate_limits_per_token_with_retry_after(user: User, helper: Agent) -> None:
     first = APIClient(HTTP_AUTHORIZATION=f"Bearer {token_create(user=user, name='a')[1]}")
     second = APIClient(HTTP_AUTHORIZATION=f"Bearer {token_create(user=user, name='b')[1]}")
@@ -467,11 +476,12 @@ def test_it_rate_limits_per_token_with_retry_after(user: User, helper: Agent) ->
         other_token = second.get(f"{API}agents/")
     assert statuses == [200, 200, 200, 429]
     error = assert_error(limited, 429, "throttled")
-    assert 1 <= int(limited["Retry-After"]) <= 60
+    assert int(limited["Retry-After"]) == 30
     assert error["details"]["retry_after"] == int(limited["Retry-After"])
     assert other_token.status_code == 200
 
 
+@pytest.mark.usefixtures("mid_window")
 def test_it_gives_messages_their_own_tighter_budget(api: APIClient, helper: Agent) -> None:
     body = {"agent_id": "agent-123", "message": "hello"}
     with override_settings(API_RATES={"api": "100/min", "messages": "1/min"}):
@@ -679,3 +689,26 @@ def test_it_publishes_an_openapi_schema_and_interactive_docs(client: Client) -> 
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"swagger" in docs.content.lower()
+
+
+@pytest.mark.usefixtures("mid_window")
+def test_it_counts_concurrent_requests_exactly_once_each(settings: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from apps.opie.api.throttling import TokenRateThrottle
+
+    settings.API_RATES = {"api": "10/min", "messages": "10/min"}
+    request = SimpleNamespace(
+        META={"HTTP_AUTHORIZATION": f"Bearer opie_{uuid4().hex}"},
+        user=SimpleNamespace(is_authenticated=True, pk=1),
+    )
+
+    def attempt(_: int) -> bool:
+        return TokenRateThrottle().allow_request(request, None)  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(8) as pool:
+        allowed = list(pool.map(attempt, range(40)))
+
+    assert allowed.count(True) == 10
