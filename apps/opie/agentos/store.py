@@ -33,6 +33,20 @@ _pending: set[asyncio.Task[None]] = set()
 class OpieAgnoDb(PostgresDb):
     """PostgresDb whose session and run upserts are retried after a database outage."""
 
+    def get_session(self, *args: Any, **kwargs: Any) -> Any:
+        """agno's read, tried once more if its pooled connection died with a restart.
+
+        The engine does not ping each connection before use (three round trips per turn on
+        the event loop); a dead one fails its first statement, SQLAlchemy then discards the
+        pool, and the second try connects afresh. A database that is really down fails both.
+        """
+        try:
+            return super().get_session(*args, **kwargs)
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
+        return super().get_session(*args, **kwargs)
+
     def upsert_session(self, session: Any, deserialize: bool | None = True) -> Any:
         """agno's upsert; on an outage it is also retried in the background."""
         try:
