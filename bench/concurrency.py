@@ -78,12 +78,18 @@ class Target:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time a process has used so far (0 when unknown)."""
+    """User + system CPU time a server has used so far, its worker processes included."""
     if pid is None:
         return 0.0
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def free_port() -> int:
@@ -305,11 +311,11 @@ def opie_target(port: int, agent_id: str, token: str) -> Target:
     )
 
 
-def uvicorn_command(port: int) -> list[str]:
-    """The product served as in production: one uvicorn worker on loopback."""
+def uvicorn_command(port: int, workers: int = 1) -> list[str]:
+    """The product served as in production: uvicorn workers on loopback."""
     return [
         *(sys.executable, "-m", "uvicorn", "settings.asgi:application"),
-        *("--host", HOST, "--port", str(port), "--workers", "1"),
+        *("--host", HOST, "--port", str(port), "--workers", str(workers)),
         *("--log-level", "warning", "--no-access-log"),
     ]
 
@@ -339,7 +345,7 @@ def run(args: argparse.Namespace) -> None:
         ok_event="RunCompleted",
         error_events=frozenset({"RunError", "RunCancelled"}),
     )
-    uvicorn_cmd = uvicorn_command(ours_port)
+    uvicorn_cmd = uvicorn_command(ours_port, args.workers)
     anchor_cmd = [
         sys.executable,
         "-m",
@@ -410,6 +416,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5, help="turns per client")
     parser.add_argument("--bound", type=float, default=120.0, help="seconds per load phase")
     parser.add_argument("--levels", default="50,100", help="concurrency levels, comma-separated")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers serving Opie")
     parser.add_argument("--serve-standalone", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--agent-pk", type=int, help=argparse.SUPPRESS)

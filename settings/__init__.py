@@ -232,6 +232,9 @@ AGENTOS_DEBUG = envbool("AGENTOS_DEBUG", False)
 # (connection refused, HTTP 429 or 5xx before any answer) is tried again.
 AGENTOS_MODEL_TIMEOUT = envint("AGENTOS_MODEL_TIMEOUT", 60)
 AGENTOS_MODEL_MAX_RETRIES = envint("AGENTOS_MODEL_MAX_RETRIES", 2)
+# Long-lived threads per process for the ORM calls made around each turn; 0 starts a thread
+# per call as asgiref does (apps/opie/agentos/db.py).
+AGENTOS_SYNC_THREADS = envint("AGENTOS_SYNC_THREADS", 4)
 
 # agno reports usage to its makers unless told not to.
 os.environ.setdefault("AGNO_TELEMETRY", "false")

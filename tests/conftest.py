@@ -116,6 +116,17 @@ def no_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _orm_calls_on_the_tests_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's rows live in its open transaction: ORM calls must run where it can see them.
+
+    Servers the tests start in subprocesses keep the production setting.
+    """
+    from django.conf import settings
+
+    monkeypatch.setattr(settings, "AGENTOS_SYNC_THREADS", 0)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_agent_cache() -> Iterator[None]:
     """Built agents are per process; tests must not see each other's."""
     from apps.opie.agentos.config import agent_os_config

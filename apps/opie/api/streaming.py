@@ -58,7 +58,7 @@ class AsyncAPIView(APIView):
         """The async view; it keeps DRF's attributes (`cls`, `csrf_exempt`) for URLs and schema."""
         sync_view = super().as_view(**initkwargs)
         # The connection goes back to the pool before the answer starts streaming.
-        in_thread = threaded(sync_view)
+        in_thread = threaded(sync_view, pooled=False)
 
         async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             response: HttpResponseBase = await in_thread(request, *args, **kwargs)
