@@ -28,16 +28,17 @@ QUICK_ARGS = {
     "soak": ["--minutes", "1"],
     "startup_memory": ["--quick"],
 }
-# Keys that name a row rather than being figures.
-LABEL_KEYS = ("server", "concurrency")
+# Keys that say which measurement an object is rather than being figures.
+LABEL_KEYS = ("server", "concurrency", "path", "event", "search_type")
 
 
 def label_of(name: str, figures: dict[str, object]) -> str:
     """The bench column: the object's own name plus what distinguishes its rows."""
     label = str(figures.pop("bench", name))
     for key in LABEL_KEYS:
-        if key in figures and not isinstance(figures[key], bool):
-            label += f" {key}={figures.pop(key)}"
+        if key in figures and isinstance(figures[key], str | int) and key != "bench":
+            value = figures.pop(key)
+            label += f" {value}" if key in ("path", "event", "search_type") else f" {key}={value}"
     return label
 
 
