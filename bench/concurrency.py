@@ -1,8 +1,10 @@
 """Concurrent streaming chats against the product (uvicorn) and agno's standalone AgentOS.
 
-Both servers run on loopback in subprocesses with the scripted model at 1 s to the first
-token, then 50 tokens over 1 s (a 2 s turn). A bounded async load generator holds N clients,
-each running a fixed number of turns back to back. Prints one JSON object per figure.
+The servers run on loopback in subprocesses with the scripted model at 1 s to the first
+token, then 50 tokens over 1 s (a 2 s turn): agno's AgentOS in one process (the anchor), and
+Opie under uvicorn with 1 worker (like for like) and with 2 (one per core of the reference
+machine). A bounded async load generator holds N clients, each running a fixed number of
+turns back to back. Prints one JSON object per figure, with each server's CPU per turn.
 Targets: throughput >= 85% of ideal (N / 2 s), p99 first byte <= 1.5x the model's 1 s, zero
 errors, and no slower than the standalone AgentOS.
 """
@@ -326,7 +328,7 @@ def run(args: argparse.Namespace) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     user_pk, agent_pk, agent_id, token = prepare()
     env = {**os.environ, **MODEL_ENV, "SECRET_KEY": secrets.token_urlsafe(50)}
-    ours_port, anchor_port = free_port(), free_port()
+    anchor_port = free_port()
     auth = {"Authorization": f"Bearer {token}"}
 
     def anchor_request(client: httpx.AsyncClient, session_id: str | None) -> Any:
@@ -336,7 +338,6 @@ def run(args: argparse.Namespace) -> None:
             data={"message": MESSAGE, "stream": "true", "user_id": str(user_pk)},
         )
 
-    ours = opie_target(ours_port, agent_id, token)
     anchor = Target(
         name="agno_agentos",
         base_url=f"http://{HOST}:{anchor_port}",
@@ -345,27 +346,28 @@ def run(args: argparse.Namespace) -> None:
         ok_event="RunCompleted",
         error_events=frozenset({"RunError", "RunCancelled"}),
     )
-    uvicorn_cmd = uvicorn_command(ours_port, args.workers)
     anchor_cmd = [
-        sys.executable,
-        "-m",
-        "bench.concurrency",
-        "--serve-standalone",
-        "--port",
-        str(anchor_port),
-        "--agent-pk",
-        str(agent_pk),
-        "--user-pk",
-        str(user_pk),
+        *(sys.executable, "-m", "bench.concurrency", "--serve-standalone"),
+        *("--port", str(anchor_port), "--agent-pk", str(agent_pk), "--user-pk", str(user_pk)),
     ]
     levels = [int(level) for level in args.levels.split(",")]
     turns = 1 if args.quick else args.turns
     try:
-        with server(uvicorn_cmd, env) as ours_proc, server(anchor_cmd, env) as anchor_proc:
-            wait_ready(f"{ours.base_url}/api/v1/agentos/agents/", ours_proc, auth)
+        with contextlib.ExitStack() as stack:
+            anchor_proc = stack.enter_context(server(anchor_cmd, env))
             wait_ready(f"{anchor.base_url}/agents", anchor_proc, {})
-            ours.pid, anchor.pid = ours_proc.pid, anchor_proc.pid
-            figures = asyncio.run(measure([ours, anchor], levels, turns, args.bound))
+            anchor.pid = anchor_proc.pid
+            ours: list[Target] = []
+            for workers in [int(count) for count in args.workers.split(",")]:
+                port = free_port()
+                target = opie_target(port, agent_id, token)
+                if workers > 1:
+                    target.name = f"opie_{workers}_workers"
+                process = stack.enter_context(server(uvicorn_command(port, workers), env))
+                wait_ready(f"{target.base_url}/api/v1/agentos/agents/", process, auth)
+                target.pid = process.pid
+                ours.append(target)
+            figures = asyncio.run(measure(anchor, ours, levels, turns, args.bound))
     finally:
         cleanup()
     for line in figures:
@@ -373,19 +375,18 @@ def run(args: argparse.Namespace) -> None:
 
 
 async def measure(
-    targets: list[Target], levels: list[int], turns: int, bound: float
+    anchor: Target, ours: list[Target], levels: list[int], turns: int, bound: float
 ) -> list[dict[str, Any]]:
-    """Warm both servers up, then drive every level on each, ours and the anchor in turn."""
+    """Warm every server up, then drive each level on the anchor and on each of ours in turn."""
     figures: list[dict[str, Any]] = []
-    for target in targets:
+    for target in [anchor, *ours]:
         await drive(target, 5, 1, bound)
     for level in levels:
-        pair: list[dict[str, Any]] = []
-        for target in targets:
-            pair.append(await drive(target, level, turns, bound))
-        ours, anchor = pair
-        figures.extend(pair)
-        figures.append(compare(ours, anchor))
+        theirs = await drive(anchor, level, turns, bound)
+        figures.append(theirs)
+        for target in ours:
+            mine = await drive(target, level, turns, bound)
+            figures.extend([mine, compare(mine, theirs)])
     return figures
 
 
@@ -394,6 +395,7 @@ def compare(ours: dict[str, Any], anchor: dict[str, Any]) -> dict[str, Any]:
     p99 = ours["ttfb_p99_s"]
     return {
         "bench": "concurrency_vs_anchor",
+        "server": ours["server"],
         "concurrency": ours["concurrency"],
         "pct_of_ideal": f"{ours['pct_of_ideal']} vs {anchor['pct_of_ideal']}",
         "ttfb_p50_s": f"{ours['ttfb_p50_s']} vs {anchor['ttfb_p50_s']}",
@@ -416,7 +418,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5, help="turns per client")
     parser.add_argument("--bound", type=float, default=120.0, help="seconds per load phase")
     parser.add_argument("--levels", default="50,100", help="concurrency levels, comma-separated")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers serving Opie")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="uvicorn worker counts to measure Opie at: 1 is like for like with the "
+        "single-process anchor, 2 is one per core of the reference machine",
+    )
     parser.add_argument("--serve-standalone", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--agent-pk", type=int, help=argparse.SUPPRESS)
