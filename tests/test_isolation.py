@@ -239,6 +239,7 @@ PARAMS: dict[str, Callable[[Ids], Any]] = {
     "session_id": lambda v: v.session.session_id,
     "run_id": lambda v: v.run_id,
     "kb_id": lambda v: v.kb.pk,
+    "config_id": lambda v: v.model_config.pk,
     "document_id": lambda v: v.document.pk,
     "token_id": lambda v: v.token_pk,
     "token": lambda v: v.stream_token,

@@ -124,6 +124,26 @@ def _agent_initial(agent: Agent) -> dict[str, Any]:
     }
 
 
+class ModelConfigForm(ServiceErrorsMixin, forms.ModelForm[ModelConfig]):
+    """Which LLM agents talk to; a key is named by its environment variable, never stored."""
+
+    class Meta:
+        model = ModelConfig
+        fields = (
+            "name",
+            "provider",
+            "model_id",
+            "base_url",
+            "api_key_env",
+            "temperature",
+            "max_tokens",
+        )
+
+    def service_data(self) -> dict[str, Any]:
+        """The cleaned data in the shape `model_config_save` takes."""
+        return {name: self.cleaned_data[name] for name in self.Meta.fields}
+
+
 class KnowledgeBaseForm(ServiceErrorsMixin, forms.ModelForm[KnowledgeBase]):
     """Name a new knowledge base and choose how its documents are chunked."""
 

@@ -91,7 +91,9 @@ class ModelConfig(TimeStamped):
             raise ValidationError({"base_url": "An OpenAI-compatible server needs a base URL."})
         needs_model = {self.Provider.OPENAI, self.Provider.ANTHROPIC, self.Provider.OLLAMA}
         if self.provider in needs_model and not self.model_id:
-            raise ValidationError({"model_id": f"Choose a {self.get_provider_display()} model."})
+            raise ValidationError(
+                {"model_id": f"Name the {self.get_provider_display()} model to use."}
+            )
         if re.match(r"^(sk-|sk_|xai-)", self.api_key_env or ""):
             raise ValidationError({"api_key_env": "Put the key in the environment, not here."})
 

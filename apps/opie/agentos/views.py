@@ -15,6 +15,11 @@ from apps.opie.web.knowledge import (
     knowledge_detail,
     knowledge_list,
 )
+from apps.opie.web.model_configs import (
+    model_config_delete,
+    model_config_edit,
+    model_config_list,
+)
 from apps.opie.web.sessions import session_delete, session_detail, session_export, session_rename
 
 __all__ = [
@@ -32,6 +37,9 @@ __all__ = [
     "knowledge_delete",
     "knowledge_detail",
     "knowledge_list",
+    "model_config_delete",
+    "model_config_edit",
+    "model_config_list",
     "run_cancel",
     "session_delete",
     "session_detail",
