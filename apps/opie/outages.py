@@ -8,6 +8,10 @@ answers them alike: 503 with `Retry-After`, in JSON on the APIs and as a page on
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
 import psycopg
 from django.db import InterfaceError, OperationalError
 
@@ -15,6 +19,8 @@ DATABASE_UNAVAILABLE = "database_unavailable"
 DATABASE_UNAVAILABLE_MESSAGE = (
     "The database is unavailable right now; nothing was changed. Please try again in a few seconds."
 )
+logger = logging.getLogger(__name__)
+
 RETRY_AFTER_SECONDS = 5
 # Background writes (a run's bookkeeping, agno's history) wait out an outage of about a minute.
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -26,3 +32,22 @@ def is_database_outage(exc: BaseException | None) -> bool:
         return True
     # SQLAlchemy (agno's session store) keeps the driver's error in `orig`.
     return isinstance(getattr(exc, "orig", None), psycopg.OperationalError | psycopg.InterfaceError)
+
+
+async def outlasting_outage(what: str, attempt: Callable[[], Awaitable[object]]) -> None:
+    """Await `attempt` until it succeeds, trying again while the database is unavailable.
+
+    For background writes whose caller has moved on: any other failure, or an outage longer
+    than RETRY_DELAYS, is logged and given up.
+    """
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            await attempt()
+            return
+        except Exception as exc:
+            if delay is None or not is_database_outage(exc):
+                logger.exception("Gave up storing %s", what)
+                return
+            reason = " ".join(str(exc).split())[:200]
+            logger.warning("Could not store %s yet (%s); retrying in %ss", what, reason, delay)
+            await asyncio.sleep(delay)

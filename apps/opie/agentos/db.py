@@ -68,15 +68,14 @@ def releasing[**P, R](func: Callable[P, R]) -> Callable[P, R]:
 def threaded[**P, R](func: Callable[P, R], pooled: bool = True) -> Callable[P, Awaitable[R]]:
     """An async form of a sync function, run on a pooled thread, its connection released."""
     work = releasing(func)
+    per_request = sync_to_async(work)
 
     @functools.wraps(func)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
         executor = _pool() if pooled else None
         if executor is None:
-            run = sync_to_async(work)
-        else:
-            run = sync_to_async(work, thread_sensitive=False, executor=executor)
-        return await run(*args, **kwargs)
+            return await per_request(*args, **kwargs)
+        return await sync_to_async(work, thread_sensitive=False, executor=executor)(*args, **kwargs)
 
     return call
 

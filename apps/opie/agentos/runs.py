@@ -22,7 +22,7 @@ from apps.opie.agentos import events, prompts
 from apps.opie.agentos.db import in_thread
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.models import Agent, ChatSession, RunRecord
-from apps.opie.outages import RETRY_DELAYS, is_database_outage
+from apps.opie.outages import outlasting_outage
 
 if TYPE_CHECKING:
     from agno.agent import Agent as AgnoAgent
@@ -261,28 +261,10 @@ def make_run_recorder(agent_pk: int, provider: str) -> Callable[..., Coroutine[A
 def spawn_recording(**fields: Any) -> None:
     """Record a finished run in the background (`record_run(**fields)`); see wait_recorded."""
     run_id = fields["run_id"]
-    task = _spawn(_record(functools.partial(record_run, **fields), run_id))
+    record = functools.partial(record_run, **fields)
+    task = _spawn(outlasting_outage(f"the record of run {run_id}", lambda: in_thread(record)))
     _recordings[run_id] = task
     task.add_done_callback(lambda _: _recordings.pop(run_id, None))
-
-
-async def _record(record: Callable[[], None], run_id: str) -> None:
-    """Run a recording, waiting out a database outage; it never fails the user's turn."""
-    for delay in (*RETRY_DELAYS, None):
-        try:
-            await in_thread(record)
-            return
-        except Exception as exc:
-            if delay is None or not is_database_outage(exc):
-                logger.exception("Could not record run %s", run_id)
-                return
-            logger.warning(
-                "Run %s not recorded yet, the database is unavailable (%s); retrying in %ss",
-                run_id,
-                " ".join(str(exc).split())[:200],
-                delay,
-            )
-            await asyncio.sleep(delay)
 
 
 def _duration_ms(run_output: RunOutput, started: int) -> int:
@@ -295,6 +277,21 @@ def _duration_ms(run_output: RunOutput, started: int) -> int:
 def _input_text(run_output: RunOutput) -> str:
     value = run_output.input.input_content if run_output.input is not None else ""
     return value if isinstance(value, str) else ""
+
+
+RECORD_FIELDS = [
+    "user",
+    "agent",
+    "session",
+    "status",
+    "model",
+    "provider",
+    "duration_ms",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+]
 
 
 def record_run(
@@ -332,21 +329,6 @@ def record_run(
     RunRecord.objects.bulk_create(
         [record], update_conflicts=True, unique_fields=["run_id"], update_fields=RECORD_FIELDS
     )
-
-
-RECORD_FIELDS = [
-    "user",
-    "agent",
-    "session",
-    "status",
-    "model",
-    "provider",
-    "duration_ms",
-    "error",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-]
 
 
 def _session_of_run(

@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import close_old_connections
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
@@ -66,6 +66,7 @@ from apps.opie.outages import (
     DATABASE_UNAVAILABLE,
     DATABASE_UNAVAILABLE_MESSAGE,
     RETRY_AFTER_SECONDS,
+    is_database_outage,
 )
 
 if TYPE_CHECKING:
@@ -272,7 +273,9 @@ class AgentOSServer:
             return
         try:
             response_or_app = await self._dispatch(scope, receive, path, headers)
-        except (OperationalError, InterfaceError) as exc:
+        except Exception as exc:
+            if not is_database_outage(exc):
+                raise
             logger.warning("Database unavailable: %s", " ".join(str(exc).split()))
             response_or_app = error_response(
                 503, DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE

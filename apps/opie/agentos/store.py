@@ -1,14 +1,16 @@
 """agno's session store in Postgres, with history writes that outlive a database outage.
 
-It is agno's PostgresDb with two changes, both for the writes agno makes when a run ends.
+It is agno's PostgresDb with three changes.
 
 agno writes a session and its run when a run ends, synchronously and once: if the database
 is restarting at that moment the write fails, agno logs it, and the turn the user has just
 read would be missing from the session's history. Here a write that fails because the
 database is unreachable is tried again in the background until it lands (about a minute).
-Both writes are upserts, so trying again cannot duplicate anything. And agno's update of the
-approvals of each finished run is skipped: Opie has no approval flows (the AgentOS server
-does not serve agno's approval routes), so it was a transaction per turn that changed nothing.
+Both writes are upserts, so trying again cannot duplicate anything. A session read whose
+pooled connection died in a restart is tried once more (the engine does not ping connections
+before use). And agno's update of the approvals of each finished run is skipped: Opie has no
+approval flows (the AgentOS server does not serve agno's approval routes), so it was a
+transaction per turn that changed nothing.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from agno.db.postgres import PostgresDb
 
-from apps.opie.outages import RETRY_DELAYS, is_database_outage
+from apps.opie.outages import RETRY_DELAYS, is_database_outage, outlasting_outage
 
 logger = logging.getLogger(__name__)
 
@@ -82,40 +83,18 @@ class OpieAgnoDb(PostgresDb):
 
 
 def _retry_later(what: str, write: Callable[[], Any]) -> None:
+    """Retry a failed agno write in the background, on the running loop or a thread of its own."""
     logger.warning("Could not store %s in agno's history yet; retrying in the background", what)
+
+    async def retry() -> None:
+        await asyncio.sleep(RETRY_DELAYS[0])
+        await outlasting_outage(f"{what} in agno's history", lambda: asyncio.to_thread(write))
+
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:
-        threading.Thread(target=_retry_in_thread, args=(what, write), daemon=True).start()
+    except RuntimeError:  # a synchronous caller: no loop to hand the retries to
+        threading.Thread(target=asyncio.run, args=(retry(),), daemon=True).start()
         return
-    task = loop.create_task(_retry_async(what, write))
+    task = loop.create_task(retry())
     _pending.add(task)
     task.add_done_callback(_pending.discard)
-
-
-async def _retry_async(what: str, write: Callable[[], Any]) -> None:
-    for delay in RETRY_DELAYS:
-        await asyncio.sleep(delay)
-        if await asyncio.to_thread(_attempt, what, write):
-            return
-    logger.error("Gave up storing %s in agno's history: the database stayed unavailable", what)
-
-
-def _retry_in_thread(what: str, write: Callable[[], Any]) -> None:
-    for delay in RETRY_DELAYS:
-        time.sleep(delay)
-        if _attempt(what, write):
-            return
-    logger.error("Gave up storing %s in agno's history: the database stayed unavailable", what)
-
-
-def _attempt(what: str, write: Callable[[], Any]) -> bool:
-    try:
-        write()
-    except Exception as exc:
-        if not is_database_outage(exc):
-            logger.exception("Could not store %s in agno's history", what)
-            return True
-        return False
-    logger.info("Stored %s in agno's history after a database outage", what)
-    return True
