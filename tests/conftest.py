@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,7 +61,8 @@ def web(user: User) -> Client:
     return client
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -75,6 +77,35 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
+class RedisServer:
+    """A private redis-server on a fixed free port, that a test may stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("These tests need Redis: set REDIS_URL or install redis-server.")
+        self.process = subprocess.Popen(  # noqa: S603 - a fixed local binary
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            if _redis_answers(self.url):
+                return
+            time.sleep(0.05)
+        pytest.fail("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """REDIS_URL when it answers (CI), else a throwaway redis-server started for the run."""
@@ -82,22 +113,61 @@ def redis_url() -> Iterator[str]:
     if url and _redis_answers(url):
         yield url
         return
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("These tests need Redis: set REDIS_URL or install redis-server.")
-    port = _free_port()
-    proc = subprocess.Popen(  # noqa: S603 - a fixed local binary
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        if _redis_answers(url):
-            break
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(5)
+    server = RedisServer()
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@contextlib.contextmanager
+def uvicorn_serving(
+    env: dict[str, str], log: Path, never_logged: tuple[str, ...] = ("Traceback",)
+) -> Iterator[str]:
+    """`uvicorn settings.asgi:application` on a free port, scripted model; yields its URL.
+
+    Afterwards, none of `never_logged` may appear in the server's log.
+    """
+    port = free_port()
+    command = [
+        sys.executable,
+        *("-m", "uvicorn", "settings.asgi:application"),
+        *("--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
+    ]
+    full_env = {
+        **os.environ,
+        "AGNO_TELEMETRY": "false",
+        "AGENTOS_MODEL_OVERRIDE": "tests.fakes:make_model",
+        **env,
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=out)  # noqa: S603
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(f"{url}/api/v1/agentos/health/"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"uvicorn did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    logged = log.read_text()
+    for text in never_logged:
+        assert text not in logged, logged
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
 # Every agent built in the suite talks to the scripted model unless a test removes this.

@@ -7,14 +7,10 @@ One uvicorn process serves the module against the test database; its scripted mo
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +22,7 @@ from apps.accounts.tokens import token_create
 from apps.opie.agentos.service import AgentOSService
 from apps.opie.models import RunRecord
 from tests import factories
-from tests.conftest import ROOT, database_url
+from tests.conftest import database_url, uvicorn_serving
 
 API = "/api/v1/agentos/"
 ANSWER_WORDS = 8
@@ -36,12 +32,6 @@ TOKEN_DELAY = 0.1
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(
     django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
@@ -49,48 +39,15 @@ def server(
     """Base URL of `uvicorn settings.asgi:application` on a free port."""
     with django_db_blocker.unblock():
         db_url = database_url()
-    port = _free_port()
-    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
     env = {
-        **os.environ,
         "DATABASE_URL": db_url,
-        "AGNO_TELEMETRY": "false",
-        "AGENTOS_MODEL_OVERRIDE": "tests.fakes:make_model",
         "FAKE_MODEL_FIRST_TOKEN_DELAY": str(FIRST_TOKEN_DELAY),
         "FAKE_MODEL_TOKEN_DELAY": str(TOKEN_DELAY),
         "FAKE_MODEL_ANSWER_TOKENS": str(ANSWER_WORDS),
     }
-    command = [
-        sys.executable,
-        *("-m", "uvicorn", "settings.asgi:application"),
-        *("--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)  # noqa: S603
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process, log)
+    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
+    with uvicorn_serving(env, log, never_logged=()) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"uvicorn exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}{API}health/", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"uvicorn did not become healthy:\n{log.read_text()}")
 
 
 @pytest.fixture

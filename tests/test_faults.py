@@ -13,11 +13,8 @@ uvicorn.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +27,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import redis
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -38,11 +34,13 @@ from apps.accounts.models import User
 from apps.accounts.tokens import token_create
 from apps.opie.models import Agent, ModelConfig, RunRecord
 from tests import factories
-from tests.conftest import ROOT, database_url
+from tests.conftest import ROOT, RedisServer, database_url, uvicorn_serving
 from tests.fakes import FaultyProvider
 from tests.test_api import sse_events
 
 API = "/api/v1/agentos/"
+# The scripted model of the live servers: a word every 50 ms.
+LIVE_MODEL = {"FAKE_MODEL_FIRST_TOKEN_DELAY": "0.05", "FAKE_MODEL_TOKEN_DELAY": "0.05"}
 
 pytestmark = [
     pytest.mark.django_db,
@@ -157,63 +155,6 @@ def test_a_provider_fault_on_the_plain_endpoint_is_a_clear_json_answer(
 # Live servers: uvicorn in a subprocess, with Redis or PostgreSQL stopped under it.
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def uvicorn_serving(
-    env: dict[str, str], log: Path, never_logged: tuple[str, ...] = ("Traceback",)
-) -> Iterator[str]:
-    """`uvicorn settings.asgi:application` on a free port with env; yields its base URL.
-
-    Afterwards, none of `never_logged` may appear in the server's log.
-    """
-    port = _free_port()
-    command = [
-        sys.executable,
-        *("-m", "uvicorn", "settings.asgi:application"),
-        *("--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
-    ]
-    full_env = {
-        **os.environ,
-        "AGNO_TELEMETRY": "false",
-        "AGENTOS_MODEL_OVERRIDE": "tests.fakes:make_model",
-        "FAKE_MODEL_FIRST_TOKEN_DELAY": "0.05",
-        "FAKE_MODEL_TOKEN_DELAY": "0.05",
-        **env,
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=out)  # noqa: S603
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(f"{url}{API}health/"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"uvicorn did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    logged = log.read_text()
-    for text in never_logged:
-        assert text not in logged, logged
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code < 500
-    except httpx.HTTPError:
-        return False
-
-
 def live_turn(
     url: str, token: str, message: str, session_id: str | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -222,48 +163,21 @@ def live_turn(
     if session_id:
         body["session_id"] = session_id
     headers = {"Authorization": f"Bearer {token}"}
-    pairs: list[tuple[str, dict[str, Any]]] = []
     with httpx.stream(
         "POST", f"{url}{API}send-message/stream/", json=body, headers=headers, timeout=30
     ) as response:
         assert response.status_code == 200, response.read()
-        name = ""
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                pairs.append((name, json.loads(line.removeprefix("data: "))))
-    return pairs
+        return list(sse_pairs(response))
 
 
-class RedisServer:
-    """A private redis-server on a fixed port that a test may stop and start again."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is needed"
-        self.process = subprocess.Popen(  # noqa: S603 - a fixed local binary
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        for _ in range(100):
-            with contextlib.suppress(redis.RedisError):
-                if client.ping():
-                    return
-            time.sleep(0.05)
-        pytest.fail("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(5)
-            self.process = None
+def sse_pairs(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each (event, data) of a streamed response as soon as it arrives."""
+    name = ""
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            yield name, json.loads(line.removeprefix("data: "))
 
 
 @pytest.fixture
@@ -281,7 +195,7 @@ def test_turns_go_on_while_redis_is_down_and_cancel_comes_back_with_it(
     factories.agent(user, agent_id="live")
     token = token_create(user=user, name="faults")[1]
     env = {"DATABASE_URL": database_url(), "REDIS_URL": private_redis.url}
-    with uvicorn_serving(env, tmp_path / "uvicorn.log") as url:
+    with uvicorn_serving(env | LIVE_MODEL, tmp_path / "uvicorn.log") as url:
         first = live_turn(url, token, "before the outage")
         session_id = first[-1][1]["session_id"]
         assert first[-1][0] == "run.succeeded"
@@ -317,16 +231,12 @@ def _cancelled_turn(url: str, token: str) -> list[tuple[str, dict[str, Any]]]:
     with httpx.stream(
         "POST", f"{url}{API}send-message/stream/", json=body, headers=headers, timeout=30
     ) as response:
-        name = ""
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                pairs.append((name, json.loads(line.removeprefix("data: "))))
-                if name == "assistant.delta" and len(pairs) == 3:
-                    run_id = pairs[0][1]["run_id"]
-                    cancel = httpx.post(f"{url}{API}runs/{run_id}/cancel/", headers=headers)
-                    assert cancel.status_code == 200, cancel.text
+        for pair in sse_pairs(response):
+            pairs.append(pair)
+            if pair[0] == "assistant.delta" and len(pairs) == 3:
+                run_id = pairs[0][1]["run_id"]
+                cancel = httpx.post(f"{url}{API}runs/{run_id}/cancel/", headers=headers)
+                assert cancel.status_code == 200, cancel.text
     return pairs
 
 
@@ -403,8 +313,8 @@ def test_the_product_answers_503_while_the_database_is_down_and_recovers_after(
         "SECRET_KEY": "faults-" + "k" * 50,
     }
     # agno prints a short traceback of its own when its store is down: our errors must not.
-    logged = ("Internal Server Error", "Unhandled", "Could not record", "Exception in ASGI")
-    with uvicorn_serving(env, tmp_path / "uvicorn.log", logged) as url:
+    logged = ("Internal Server Error", "Unhandled", "Gave up storing", "Exception in ASGI")
+    with uvicorn_serving(env | LIVE_MODEL, tmp_path / "uvicorn.log", logged) as url:
         first = live_turn(url, token, "before the restart")
         session_id = first[-1][1]["session_id"]
         assert first[-1][0] == "run.succeeded"
