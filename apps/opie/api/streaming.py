@@ -1,24 +1,23 @@
-"""Server-Sent Events for a turn, and the async door the message endpoints are served through.
+"""Server-Sent Events for a turn.
 
-DRF is synchronous, so a message endpoint is an async view whose DRF part (authentication,
-throttling, parsing, validation) runs in a worker thread; the turn itself then streams on the
-event loop, each event sent the moment the model produces it.
+The message endpoints are plain DRF views: authentication, throttling, parsing and validation
+run in the request's thread, and the response they return streams the turn from an async
+iterator, which the ASGI server runs on the event loop, each event sent the moment the model
+produces it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
-from rest_framework.views import APIView
 
 from apps.opie.agentos import events
 from apps.opie.agentos.config import AgentsUnavailable, ensure_enabled
-from apps.opie.agentos.db import threaded
+from apps.opie.agentos.db import release_connections
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.agentos.providers import ProviderError
 from apps.opie.agentos.service import AgentOSService, ServiceError
@@ -50,24 +49,6 @@ class EventStreamRenderer(BaseRenderer):
         )
 
 
-class AsyncAPIView(APIView):
-    """An APIView served as an async view, so its response may stream on the event loop."""
-
-    @classmethod
-    def as_view(cls, **initkwargs: Any) -> Callable[..., Any]:  # type: ignore[override]
-        """The async view; it keeps DRF's attributes (`cls`, `csrf_exempt`) for URLs and schema."""
-        sync_view = super().as_view(**initkwargs)
-        # The connection goes back to the pool before the answer starts streaming.
-        in_thread = threaded(sync_view, pooled=False)
-
-        async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            response: HttpResponseBase = await in_thread(request, *args, **kwargs)
-            return response
-
-        functools.update_wrapper(view, sync_view)
-        return view
-
-
 async def sse_frames(stream: AsyncIterator[AgentEvent]) -> AsyncIterator[str]:
     """The events as SSE frames; a failure ends the stream with a `run.failed` event."""
     try:
@@ -88,6 +69,8 @@ def turn_stream_response(
     """Start a turn and answer with its events; bad ids are refused before the stream opens."""
     ensure_enabled()
     _agent, session = service.prepare_turn(agent_id, session_id, message)
+    # The request's connection goes back to the pool now, not when the answer has streamed.
+    release_connections()
     stream = service.astream_message(agent_id, message, session.session_id)
     response = StreamingHttpResponse(sse_frames(stream), content_type=EVENT_STREAM)
     response["Cache-Control"] = "no-cache"

@@ -46,7 +46,6 @@ from apps.opie.api.serializers import (
 )
 from apps.opie.api.streaming import (
     EVENT_STREAM,
-    AsyncAPIView,
     EventStreamRenderer,
     turn_stream_response,
 )
@@ -196,7 +195,7 @@ class AgentListView(APIView):
         )
 
 
-class SendMessageView(AsyncAPIView):
+class SendMessageView(APIView):
     """POST /api/v1/agentos/send-message/: one turn; `"stream": true` answers with SSE."""
 
     throttle_classes = MESSAGE_THROTTLES
