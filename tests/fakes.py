@@ -193,8 +193,9 @@ class ScriptedModel(Model):
     ) -> Iterator[ModelResponse]:
         """Stream the answer one word per delta, then the usage."""
         reply = self._reply(messages, tools)
+        started = time.monotonic()
         for index, chunk in enumerate(self._chunks(reply)):
-            time.sleep(self.first_token_delay if index == 0 else self.token_delay)
+            time.sleep(max(0.0, started + self._due(index) - time.monotonic()))
             yield self._parse_provider_response_delta(chunk)
         yield self._parse_provider_response_delta(self._usage(reply))
 
@@ -207,10 +208,19 @@ class ScriptedModel(Model):
     ) -> AsyncIterator[ModelResponse]:
         """Stream the answer one word per delta with asyncio sleeps, then the usage."""
         reply = self._reply(messages, tools)
+        started = time.monotonic()
         for index, chunk in enumerate(self._chunks(reply)):
-            await asyncio.sleep(self.first_token_delay if index == 0 else self.token_delay)
+            await asyncio.sleep(max(0.0, started + self._due(index) - time.monotonic()))
             yield self._parse_provider_response_delta(chunk)
         yield self._parse_provider_response_delta(self._usage(reply))
+
+    def _due(self, index: int) -> float:
+        """Seconds from the request until delta `index` is ready.
+
+        The model keeps its own clock, as a remote model does: a reader that falls behind
+        finds deltas waiting, instead of pushing back the ones still to come.
+        """
+        return self.first_token_delay + index * self.token_delay
 
     def _chunks(self, reply: _Reply) -> list[_Reply]:
         if reply.text is None:
