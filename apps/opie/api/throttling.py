@@ -3,7 +3,7 @@
 DRF's SimpleRateThrottle keeps every request time of the window in one cached list, read and
 written back per request: the list is as long as the rate (or the traffic), and two processes
 writing it at once lose each other's counts. Here each (credential, window) is one counter,
-incremented atomically in the shared cache: two small round trips whatever the rate.
+incremented atomically in the shared cache: one small round trip whatever the rate.
 """
 
 from __future__ import annotations
@@ -37,15 +37,26 @@ class TokenRateThrottle(SimpleRateThrottle):
         now = self.timer()
         window = int(now // self.duration)
         key = f"{bucket}:{window}"
-        self.cache.add(key, 0, timeout=self.duration + 1)
-        try:
-            count = self.cache.incr(key)
-        except ValueError:  # the window expired between the two calls
-            return True
+        count = self._count(key)
         if count is None:  # the shared cache is down: fail open rather than refuse everyone
             return True
         self.wait_seconds = (window + 1) * self.duration - now
-        return int(count) <= self.num_requests
+        return count <= self.num_requests
+
+    def _count(self, key: str) -> int | None:
+        """This request's number in its window (None when the shared cache cannot count).
+
+        One round trip, or two for the request that opens the window.
+        """
+        for _ in range(2):
+            try:
+                count = self.cache.incr(key)
+            except ValueError:  # no counter yet: this request opens the window
+                if self.cache.add(key, 1, timeout=self.duration + 1):
+                    return 1
+                continue  # another request opened it first
+            return None if count is None else int(count)
+        return None
 
     def wait(self) -> float:
         """Seconds until the current window ends."""
