@@ -142,6 +142,11 @@ class AgentCache:
         return len(self._entries)
 
 
+def _row_key(user: User, agent_id: str) -> tuple[int, str, bool]:
+    # Whether vault agents are visible is part of what the user was allowed to see.
+    return (user.pk, agent_id, settings.AGENTOS_INCLUDE_VAULT_AGENTS)
+
+
 class AgentOSConfig:
     """Builds agno agents from Django rows and keeps them cached per user."""
 
@@ -150,9 +155,11 @@ class AgentOSConfig:
             max_entries=getattr(settings, "AGENTOS_CACHE_MAX_AGENTS", DEFAULT_MAX_CACHED_AGENTS),
             ttl=float(settings.AGENTOS_CACHE_TTL),
         )
-        # (user, public agent id) -> the row the user was allowed to resolve, so a warm turn
-        # needs no query: any edit to the row bumps its version and forces a fresh lookup.
-        self._rows: LRU[tuple[int, str, bool], Agent] = LRU(self.cache.max_entries)
+        # (user, public agent id) -> the row the user was allowed to resolve and its version,
+        # so a warm turn needs no query: an edit bumps the version and forces a fresh lookup.
+        self._rows: LRU[tuple[int, str, bool], tuple[Agent, str | None]] = LRU(
+            self.cache.max_entries
+        )
         self._db: PostgresDb | None = None
         self._db_url: str | None = None
         self._lock = threading.Lock()
@@ -212,10 +219,16 @@ class AgentOSConfig:
         """The cached agno Agent for this user and agent, rebuilt when its config changed."""
         return self.get_agents([django_agent], user)[0]
 
-    async def aget_agent(self, django_agent: Agent, user: User) -> AgnoAgent:
-        """Async `get_agent`: a cache hit stays on the event loop, a build goes to a thread."""
+    async def aget_agent(
+        self, django_agent: Agent, user: User, version: str | None = None
+    ) -> AgnoAgent:
+        """Async `get_agent`: a cache hit stays on the event loop, a build goes to a thread.
+
+        `version` is the agent's version when the caller has just read it.
+        """
         ensure_enabled()
-        version = versions.agent_versions([django_agent.pk])[django_agent.pk]
+        if version is None:
+            version = versions.agent_versions([django_agent.pk])[django_agent.pk]
         key = (user.pk, django_agent.pk)
         agent = self.cache.get(key, version)
         if agent is None:
@@ -223,23 +236,44 @@ class AgentOSConfig:
             self.cache.put(key, version, agent)
         return agent
 
-    async def aresolve(self, user: User, agent_id: str) -> tuple[Agent, AgnoAgent]:
-        """The user's agent row and built agno Agent; raises Agent.DoesNotExist if not theirs."""
-        ensure_enabled()
-        # Whether vault agents are visible is part of what the user was allowed to see.
-        row_key = (user.pk, agent_id, settings.AGENTOS_INCLUDE_VAULT_AGENTS)
-        row = self._rows.get(row_key)
-        if row is not None:
-            version = versions.agent_versions([row.pk])[row.pk]
-            agent = self.cache.get((user.pk, row.pk), version)
-            if agent is not None:
-                return row, agent
-        from apps.opie.selectors import agent_for
+    def agent_row(self, user: User, agent_id: str) -> tuple[Agent, str | None]:
+        """The user's agent row and its version, with no query while the version holds.
 
-        row = await in_thread(agent_for, user, agent_id)
-        agent = await self.aget_agent(row, user)
-        self._rows.put(row_key, row)
-        return row, agent
+        Raises Agent.DoesNotExist when the user may not use the agent (sync: may query).
+        """
+        key = _row_key(user, agent_id)
+        found = self._current_row(key)
+        if found is None:
+            from apps.opie.selectors import agent_for
+
+            row = agent_for(user, agent_id)
+            found = (row, versions.agent_versions([row.pk])[row.pk])
+            self._rows.put(key, found)
+        return found
+
+    async def aresolve(
+        self, user: User, agent_id: str, known: tuple[Agent, str | None] | None = None
+    ) -> tuple[Agent, AgnoAgent]:
+        """The user's agent row and built agno Agent; raises Agent.DoesNotExist if not theirs.
+
+        `known` is what `agent_row` answered for this turn moments ago; else it is asked now,
+        on the event loop when the row is cached, in a thread when it needs a query.
+        """
+        ensure_enabled()
+        found = known or self._current_row(_row_key(user, agent_id))
+        if found is None:
+            found = await in_thread(self.agent_row, user, agent_id)
+        row, version = found
+        return row, await self.aget_agent(row, user, version)
+
+    def _current_row(self, key: tuple[int, str, bool]) -> tuple[Agent, str | None] | None:
+        """The cached row and version under key, unless an edit has bumped the version."""
+        cached = self._rows.get(key)
+        if cached is None:
+            return None
+        row, version = cached
+        current = versions.agent_versions([row.pk])[row.pk]
+        return cached if version is not None and current == version else None
 
     def clear(self) -> None:
         """Forget every built agent and resolved row of this process."""

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.core.cache import cache
 from django.utils import timezone
@@ -21,6 +21,7 @@ from django.utils import timezone
 from apps.opie.agentos import events, prompts
 from apps.opie.agentos.db import in_thread
 from apps.opie.agentos.events import AgentEvent
+from apps.opie.agentos.lru import LRU
 from apps.opie.models import Agent, ChatSession, RunRecord
 from apps.opie.outages import outlasting_outage
 
@@ -45,6 +46,19 @@ _running: set[asyncio.Task[None]] = set()
 # Bookkeeping of completed runs happens off the turn's path; callers that need the row
 # (the synchronous API, commands, tests) wait for it by run id.
 _recordings: dict[str, asyncio.Task[None]] = {}
+
+
+class Claim(NamedTuple):
+    """A session row claimed in this process, and whose it is."""
+
+    pk: int
+    user_id: int
+    agent_id: int
+
+
+# Sessions claimed in this process, by session id. A session never changes owner, so a warm
+# turn skips the ownership query and its record skips the session lookup.
+claimed: LRU[str, Claim] = LRU(50_000)
 
 
 def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -310,8 +324,8 @@ def record_run(
 ) -> None:
     """Store a run's usage and bring its session to the top of the user's list (sync ORM).
 
-    Three statements on the common path: find the session, touch it, upsert the record (a
-    retried recording updates the row it wrote before).
+    Two statements for a session claimed in this process: touch the session, upsert the
+    record (a retried recording updates the row it wrote before).
     """
     session_pk = _session_of_run(run_id, user_id, agent_pk, session_id, title)
     record = RunRecord(
@@ -337,6 +351,11 @@ def _session_of_run(
     """The pk of the user's session of a run, touched; created for AgentOS-server runs."""
     if not session_id:
         return None
+    claim = claimed.get(session_id)
+    if claim is not None and claim.user_id == user_id:
+        if ChatSession.objects.filter(pk=claim.pk).update(updated_at=timezone.now()):
+            return claim.pk
+        claimed.pop(session_id)  # deleted by another process since
     found = ChatSession.objects.filter(session_id=session_id).values_list("pk", "user_id").first()
     if found is None:
         # Runs started on the AgentOS server have no session row yet: create it for its user.

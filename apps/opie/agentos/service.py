@@ -21,7 +21,6 @@ from apps.opie.agentos import events, runs
 from apps.opie.agentos.config import AgentsUnavailable, agent_os_config, ensure_enabled
 from apps.opie.agentos.db import in_thread
 from apps.opie.agentos.events import AgentEvent
-from apps.opie.agentos.lru import LRU
 from apps.opie.models import Agent, ChatSession, RunRecord
 
 if TYPE_CHECKING:
@@ -31,10 +30,6 @@ logger = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 MAX_TITLE = 200
-
-# Sessions this process has already claimed: (user, agent) by session id. A session never
-# changes owner, so a warm turn skips the ownership query.
-_claimed: LRU[str, tuple[int, int]] = LRU(50_000)
 
 
 class ServiceError(Exception):
@@ -67,6 +62,8 @@ class AgentOSService:
 
     def __init__(self, user: User) -> None:
         self.user = user
+        # Agents resolved by `prepare_turn`, so the turn it prepares does not look them up again.
+        self._prepared: dict[str, tuple[Agent, str | None]] = {}
 
     def _agent(self, agent_id: str) -> Agent:
         try:
@@ -123,7 +120,7 @@ class AgentOSService:
         """Delete a session and its history."""
         session = self._session(session_id)
         runs.delete_agno_session(session.session_id, self.user.pk)
-        _claimed.pop(session.session_id)
+        runs.claimed.pop(session.session_id)
         session.delete()
 
     def send_message(self, agent_id: str, session_id: str | None, message: str) -> dict[str, Any]:
@@ -163,16 +160,17 @@ class AgentOSService:
         ensure_enabled()
         message = _clean_message(message)
         try:
-            agent_row, agno_agent = await agent_os_config.aresolve(self.user, str(agent_id))
+            agent_row, agno_agent = await agent_os_config.aresolve(
+                self.user, str(agent_id), self._prepared.pop(str(agent_id), None)
+            )
         except Agent.DoesNotExist:
             raise NotFound(f"Agent {agent_id!r} not found.") from None
-        owner = (self.user.pk, agent_row.pk)
-        if session_id is not None and _claimed.get(session_id) == owner:
-            turn_session = session_id
+        claim = runs.claimed.get(session_id) if session_id is not None else None
+        if claim is not None and (claim.user_id, claim.agent_id) == (self.user.pk, agent_row.pk):
+            turn_session = str(session_id)
         else:
             session = await in_thread(self.claim_session, agent_row, session_id, message)
             turn_session = session.session_id
-            _claimed.put(turn_session, owner)
         async for event in runs.stream_turn(
             agno_agent,
             agent_row=agent_row,
@@ -186,16 +184,26 @@ class AgentOSService:
         self, agent_id: str, session_id: str | None, message: str
     ) -> tuple[Agent, ChatSession]:
         """Resolve the agent and claim the session for this user (created when new)."""
-        agent = self._agent(agent_id)
+        try:
+            found = agent_os_config.agent_row(self.user, str(agent_id))
+        except Agent.DoesNotExist:
+            raise NotFound(f"Agent {agent_id!r} not found.") from None
+        agent = found[0]
         session = self.claim_session(agent, session_id, message)
-        _claimed.put(session.session_id, (self.user.pk, agent.pk))
+        self._prepared[str(agent_id)] = found
         return agent, session
 
     def claim_session(self, agent: Agent, session_id: str | None, message: str) -> ChatSession:
         """The user's session with this agent, created when new; a foreign one is not found."""
         title = _clean_title(message)[:80]
         if session_id is None:
-            return ChatSession.objects.create(user=self.user, agent=agent, title=title)
+            session = ChatSession.objects.create(user=self.user, agent=agent, title=title)
+        else:
+            session = self._existing_or_new_session(agent, session_id, title)
+        runs.claimed.put(session.session_id, runs.Claim(session.pk, self.user.pk, agent.pk))
+        return session
+
+    def _existing_or_new_session(self, agent: Agent, session_id: str, title: str) -> ChatSession:
         if not SESSION_ID.match(str(session_id)):
             raise InvalidInput("session_id may hold letters, digits and -_.: (at most 64).")
         try:
