@@ -53,6 +53,7 @@ BENCH_EMAIL = "bench-concurrency@opie.local"
 BENCH_AGENT_ID = "bench-concurrency"
 MESSAGE = "hello there, please answer at length"
 READY_TIMEOUT = 120.0
+WARM_UP_TURNS = 20
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Turn:
 
     ttfb: float | None = None
     total: float | None = None
+    tail: float | None = None  # from the final event to the end of the stream
     error: str | None = None
     status: int | None = None
     session_id: str | None = None
@@ -118,6 +120,7 @@ async def stream_turn(
     turn = Turn()
     event = ""
     finished = False
+    final_at = 0.0
     try:
         async with target.request(client, session_id) as response:
             turn.status = response.status_code
@@ -133,11 +136,14 @@ async def stream_turn(
                         turn.error = f"event {event}"
                     elif event == target.ok_event:
                         finished = True
+                        final_at = time.perf_counter()
                 elif finished and turn.session_id is None and line.startswith("data:"):
                     turn.session_id = json.loads(line[len("data:") :]).get("session_id")
     except (httpx.HTTPError, OSError) as exc:
         return Turn(error=type(exc).__name__)
     turn.total = time.perf_counter() - start
+    if finished:
+        turn.tail = start + turn.total - final_at
     if turn.error is None and (not finished or turn.ttfb is None):
         turn.error = "stream ended without a completed answer"
     return turn
@@ -170,6 +176,8 @@ async def drive(target: Target, concurrency: int, turns: int, bound: float) -> d
     throughput = len(ok) / wall if wall else 0.0
     ideal = concurrency / TURN_TIME
     p50, p99 = percentile(ttfbs, 50), percentile(ttfbs, 99)
+    turn_p50 = percentile([t.total for t in ok if t.total is not None], 50)
+    tail_p50 = percentile([t.tail for t in ok if t.tail is not None], 50)
     return {
         "bench": "concurrency",
         "server": target.name,
@@ -185,6 +193,8 @@ async def drive(target: Target, concurrency: int, turns: int, bound: float) -> d
         "ttfb_p50_s": round(p50, 3) if p50 is not None else None,
         "ttfb_p99_s": round(p99, 3) if p99 is not None else None,
         "ttfb_p99_vs_model": round(p99 / FIRST_TOKEN_DELAY, 2) if p99 is not None else None,
+        "turn_p50_s": round(turn_p50, 3) if turn_p50 is not None else None,
+        "end_after_final_event_p50_ms": round(1000 * tail_p50, 1) if tail_p50 is not None else None,
         "server_cpu_ms_per_turn": round(1000 * cpu / len(ok), 1) if ok else None,
     }
 
@@ -380,7 +390,8 @@ async def measure(
     """Warm every server up, then drive each level on the anchor and on each of ours in turn."""
     figures: list[dict[str, Any]] = []
     for target in [anchor, *ours]:
-        await drive(target, 5, 1, bound)
+        # Enough turns that every worker process has loaded agno and built the agent.
+        await drive(target, WARM_UP_TURNS, 1, bound)
     for level in levels:
         theirs = await drive(anchor, level, turns, bound)
         figures.append(theirs)
