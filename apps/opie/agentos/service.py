@@ -19,7 +19,7 @@ from django.db import IntegrityError
 from apps.opie import selectors
 from apps.opie.agentos import events, runs
 from apps.opie.agentos.config import AgentsUnavailable, agent_os_config, ensure_enabled
-from apps.opie.agentos.db import in_thread
+from apps.opie.agentos.db import in_thread, release_connections
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.models import Agent, ChatSession, RunRecord
 
@@ -131,6 +131,8 @@ class AgentOSService:
             await runs.wait_recorded(result["run_id"], timeout=runs.RECORD_WAIT_SECONDS)
             return result
 
+        # The turn may take minutes: the caller's connection waits in the pool meanwhile.
+        release_connections()
         result: dict[str, Any] = async_to_sync(send_and_record)()
         return result
 
