@@ -106,3 +106,27 @@ def test_it_hands_out_a_new_executor_when_none_is_idle() -> None:
 
     assert first is not second
     assert isinstance(first, ThreadPoolExecutor)
+
+
+def test_a_turn_started_by_a_request_may_outlive_it() -> None:
+    """A turn whose reader left still makes its sync calls after the request's context ends."""
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
+
+    from apps.opie.agentos import runs
+
+    ran_on: list[int] = []
+
+    async def turn(request_over: asyncio.Event) -> None:
+        await request_over.wait()
+        ran_on.append(await sync_to_async(threading.get_ident)())
+
+    async def request_then_turn() -> None:
+        request_over = asyncio.Event()
+        async with ThreadSensitiveContext(executor=ThreadPoolExecutor(1)):
+            task = runs._spawn(turn(request_over))
+        request_over.set()
+        await task
+
+    asyncio.run(request_then_turn())
+    assert len(ran_on) == 1
+    assert ran_on[0] != threading.get_ident()

@@ -7,6 +7,7 @@ dropped SSE connection) and the turn still completes and is saved in the session
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from asgiref.sync import SyncToAsync
 from django.core.cache import cache
 from django.utils import timezone
 
@@ -62,7 +64,14 @@ claimed: LRU[str, Claim] = LRU(50_000)
 
 
 def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    task = asyncio.create_task(coro)
+    """Run work in a task of its own that may outlive the request which started it.
+
+    The task leaves the request's thread-sensitive context behind: that context's thread is
+    handed to the next request when this one ends, and asgiref refuses calls made in it after.
+    """
+    context = contextvars.copy_context()
+    context.run(SyncToAsync.thread_sensitive_context.set, None)  # type: ignore[arg-type]
+    task = asyncio.create_task(coro, context=context)
     _running.add(task)
     task.add_done_callback(_running.discard)
     return task
