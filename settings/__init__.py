@@ -235,6 +235,9 @@ AGENTOS_MODEL_MAX_RETRIES = envint("AGENTOS_MODEL_MAX_RETRIES", 2)
 # Long-lived threads per process for the ORM calls made around each turn; 0 starts a thread
 # per call as asgiref does (apps/opie/agentos/db.py).
 AGENTOS_SYNC_THREADS = envint("AGENTOS_SYNC_THREADS", 4)
+# Requests whose synchronous part (middleware and view) may run at once under Opie's ASGI
+# handler; the rest wait their turn in order (apps/opie/asgi.py). 0: no limit.
+ASGI_SYNC_REQUESTS = envint("ASGI_SYNC_REQUESTS", 8)
 
 # agno reports usage to its makers unless told not to.
 os.environ.setdefault("AGNO_TELEMETRY", "false")

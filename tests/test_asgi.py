@@ -12,7 +12,7 @@ import pytest
 from django.core.signals import request_finished, request_started
 from django.urls import reverse
 
-from apps.opie.asgi import OpieASGIHandler, RequestThreads
+from apps.opie.asgi import OpieASGIHandler, RequestThreads, Turnstile, _place, step_aside
 
 
 async def asgi_get(handler: OpieASGIHandler, path: str) -> tuple[int, bytes]:
@@ -130,3 +130,70 @@ def test_a_turn_started_by_a_request_may_outlive_it() -> None:
     asyncio.run(request_then_turn())
     assert len(ran_on) == 1
     assert ran_on[0] != threading.get_ident()
+
+
+def test_the_turnstile_lets_a_few_requests_in_at_once_in_order_of_arrival() -> None:
+    turnstile = Turnstile(2)
+    inside: list[int] = []
+    most = 0
+    entered: list[int] = []
+
+    async def request(number: int) -> None:
+        nonlocal most
+        place = await turnstile.enter()
+        entered.append(number)
+        inside.append(number)
+        most = max(most, len(inside))
+        await asyncio.sleep(0.01)
+        inside.remove(number)
+        place.leave()
+
+    async def five_requests() -> None:
+        await asyncio.gather(*(request(number) for number in range(5)))
+
+    asyncio.run(five_requests())
+
+    assert most == 2
+    assert entered == [0, 1, 2, 3, 4]
+
+
+def test_a_view_that_steps_aside_lets_the_next_request_in() -> None:
+    turnstile = Turnstile(1)
+
+    async def scenario() -> tuple[bool, bool]:
+        first = await turnstile.enter()
+        token = _place.set(first)
+        await asyncio.to_thread(step_aside)  # from the view's thread, as a view would
+        _place.reset(token)
+        second = await asyncio.wait_for(turnstile.enter(), timeout=2)
+        first.leave()  # the request ends: its place was already given up, not given twice
+        third = asyncio.create_task(turnstile.enter())
+        await asyncio.sleep(0.05)
+        third_waited = not third.done()
+        second.leave()
+        await asyncio.wait_for(third, timeout=2)
+        return third_waited, third.done()
+
+    third_waited, third_entered = asyncio.run(scenario())
+
+    assert third_waited
+    assert third_entered
+
+
+def test_a_request_waits_for_a_place_before_its_view_runs() -> None:
+    handler = OpieASGIHandler()
+    handler.turnstile.size = 1
+
+    async def scenario() -> tuple[bool, int]:
+        held = await handler.turnstile.enter()
+        request = asyncio.create_task(asgi_get(handler, reverse("login")))
+        await asyncio.sleep(0.2)
+        waited = not request.done()
+        held.leave()
+        status, _ = await asyncio.wait_for(request, timeout=10)
+        return waited, status
+
+    waited, status = asyncio.run(scenario())
+
+    assert waited
+    assert status == 200

@@ -11,6 +11,7 @@ from apps.opie.agentos import runs
 from apps.opie.agentos.config import AgentsUnavailable, agent_os_config
 from apps.opie.agentos.events import AgentEvent
 from apps.opie.agentos.service import AgentOSService, InvalidInput, NotFound
+from apps.opie.asgi import Place, _place
 from apps.opie.models import Agent, ChatSession, RunRecord
 from tests import factories
 
@@ -270,3 +271,17 @@ def test_info_describes_the_instance(user: User, assistant: Agent) -> None:
     assert info["agents"] == 1
     assert info["user"] == {"id": user.pk, "email": user.email}
     assert info["port"] == 7777
+
+
+def test_a_json_turn_gives_its_request_place_to_the_next_request(
+    user: User, assistant: Agent
+) -> None:
+    left: list[bool] = []
+    token = _place.set(Place(lambda: left.append(True)))
+    try:
+        result = AgentOSService(user).send_message("agent-helper", None, "hello there")
+    finally:
+        _place.reset(token)
+
+    assert result["status"] == "succeeded"
+    assert left == [True]

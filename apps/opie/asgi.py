@@ -8,17 +8,31 @@ trips. Here the middleware chain and a synchronous view run as one synchronous c
 do under WSGI, on a thread kept from earlier requests. Async views and streamed answers still
 run on the event loop; a view that streams hands back its database connection first.
 
+Only a few requests run their synchronous part at once (`ASGI_SYNC_REQUESTS`); the others
+wait their turn on the event loop, in order of arrival. Python runs one thread at a time:
+fifty request threads taking turns at the GIL all finish late, and each turn they take is
+one the event loop streaming answers must wait for. A view about to wait a long time (the
+synchronous send-message view waits for a whole turn) calls `step_aside` to let the next
+request in.
+
 A project that mounts Opie's URLs behind stock Django's handler works the same, only slower.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import weakref
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, HttpResponseBase
 
 # Idle request threads kept for later requests; a burst beyond this starts (and ends) more.
 IDLE_THREADS = 64
@@ -46,18 +60,84 @@ class RequestThreads:
             executor.shutdown(wait=False)
 
 
+class Place:
+    """A request's place among those running their synchronous part; left once."""
+
+    def __init__(self, release: Callable[[], object]) -> None:
+        self._release: Callable[[], object] | None = release
+        self._lock = threading.Lock()
+
+    def leave(self) -> None:
+        """Give the place to the next request waiting (from any thread; again is a no-op)."""
+        with self._lock:
+            release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class Turnstile:
+    """At most `size` requests in their synchronous part at once; the others wait in order."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        # One semaphore per event loop: an asyncio primitive cannot be shared between loops.
+        self._places: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def enter(self) -> Place:
+        """Wait for a place (at once when `size` is 0: no limit)."""
+        if self.size <= 0:
+            return Place(lambda: None)
+        loop = asyncio.get_running_loop()
+        places = self._places.get(loop)
+        if places is None:
+            places = self._places[loop] = asyncio.Semaphore(self.size)
+        await places.acquire()
+        return Place(lambda: loop.call_soon_threadsafe(places.release))
+
+
+# The place of the request being served, seen by its view's thread.
+_place: ContextVar[Place | None] = ContextVar("opie_request_place", default=None)
+
+
+def step_aside() -> None:
+    """Let the next request in while this one waits a long time (from a view, in its thread)."""
+    place = _place.get()
+    if place is not None:
+        place.leave()
+
+
 class OpieASGIHandler(ASGIHandler):
     """Serves each request's sync middleware and view in a single hop to a reused thread."""
 
     def __init__(self) -> None:
         self.threads = RequestThreads()
+        self.turnstile = Turnstile(settings.ASGI_SYNC_REQUESTS)
         super().__init__()
 
     def load_middleware(self, is_async: bool = False) -> None:
         """The middleware chain built in sync mode, entered from the event loop in one hop."""
         super().load_middleware(is_async=False)
         chain = self._middleware_chain  # type: ignore[has-type]  # set by load_middleware
-        self._middleware_chain = sync_to_async(chain, thread_sensitive=True)
+        self._middleware_chain = self._in_turn(sync_to_async(chain, thread_sensitive=True))
+
+    def _in_turn(
+        self, chain: Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+    ) -> Callable[[HttpRequest], Awaitable[HttpResponseBase]]:
+        """The chain, entered once the request has a place in the turnstile."""
+        turnstile = self.turnstile
+
+        async def middleware_chain(request: HttpRequest) -> HttpResponseBase:
+            place = await turnstile.enter()
+            token = _place.set(place)
+            try:
+                return await chain(request)
+            finally:
+                place.leave()
+                _place.reset(token)
+
+        return middleware_chain
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one HTTP request; its thread-sensitive work all runs on one reused thread."""

@@ -21,6 +21,7 @@ from apps.opie.agentos import events, runs
 from apps.opie.agentos.config import AgentsUnavailable, agent_os_config, ensure_enabled
 from apps.opie.agentos.db import in_thread, release_connections
 from apps.opie.agentos.events import AgentEvent
+from apps.opie.asgi import step_aside
 from apps.opie.models import Agent, ChatSession, RunRecord
 
 if TYPE_CHECKING:
@@ -131,8 +132,10 @@ class AgentOSService:
             await runs.wait_recorded(result["run_id"], timeout=runs.RECORD_WAIT_SECONDS)
             return result
 
-        # The turn may take minutes: the caller's connection waits in the pool meanwhile.
+        # The turn may take minutes: the caller's connection waits in the pool meanwhile, and
+        # the next request runs in this request's place.
         release_connections()
+        step_aside()
         result: dict[str, Any] = async_to_sync(send_and_record)()
         return result
 
