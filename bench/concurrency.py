@@ -426,7 +426,12 @@ def main() -> None:
     """Parse arguments and run the benchmark (or serve the anchor)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one turn per client")
-    parser.add_argument("--turns", type=int, default=5, help="turns per client")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=20,
+        help="turns per client: enough for a steady state, as every client starts at once",
+    )
     parser.add_argument("--bound", type=float, default=120.0, help="seconds per load phase")
     parser.add_argument("--levels", default="50,100", help="concurrency levels, comma-separated")
     parser.add_argument(
