@@ -233,7 +233,8 @@ AGENTOS_DEBUG = envbool("AGENTOS_DEBUG", False)
 AGENTOS_MODEL_TIMEOUT = envint("AGENTOS_MODEL_TIMEOUT", 60)
 AGENTOS_MODEL_MAX_RETRIES = envint("AGENTOS_MODEL_MAX_RETRIES", 2)
 # Long-lived threads per process for the ORM calls made around each turn; 0 starts a thread
-# per call as asgiref does (apps/opie/agentos/db.py).
+# per call as asgiref does (apps/opie/agentos/db.py), and writes usage records through the
+# ORM rather than from the event loop (apps/opie/agentos/loopdb.py).
 AGENTOS_SYNC_THREADS = envint("AGENTOS_SYNC_THREADS", 4)
 # Requests whose synchronous part (middleware and view) may run at once under Opie's ASGI
 # handler; the rest wait their turn in order (apps/opie/asgi.py). 0: no limit.

@@ -6,7 +6,8 @@ stack), and every request starts a thread and another one to join it when it end
 the event loop streams answers to many readers, it waits for each of those thread starts and
 trips. Here the middleware chain and a synchronous view run as one synchronous call, as they
 do under WSGI, on a thread kept from earlier requests. Async views and streamed answers still
-run on the event loop; a view that streams hands back its database connection first.
+run on the event loop; a view that streams hands back its database connection first. The
+loop serves for the life of the process, so it may send short writes itself (`loopdb`).
 
 Only a few requests run their synchronous part at once (`ASGI_SYNC_REQUESTS`); the others
 wait their turn on the event loop, in order of arrival. Python runs one thread at a time:
@@ -33,6 +34,8 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponseBase
+
+from apps.opie.agentos.loopdb import loop_db
 
 # Idle request threads kept for later requests; a burst beyond this starts (and ends) more.
 IDLE_THREADS = 64
@@ -143,6 +146,7 @@ class OpieASGIHandler(ASGIHandler):
         """Serve one HTTP request; its thread-sensitive work all runs on one reused thread."""
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        loop_db.serve()
         executor = self.threads.take()
         try:
             async with ThreadSensitiveContext(executor=executor):

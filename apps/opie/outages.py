@@ -1,9 +1,10 @@
 """A database that cannot be reached is an outage to report, not a bug: 503 and try again.
 
 Django wraps the driver's failures (a refused connection, a connection closed by a restart,
-a pool with no free connection in time) in `OperationalError` and `InterfaceError`, and
-SQLAlchemy, under agno's store, in errors that keep psycopg's own. Every door
-answers them alike: 503 with `Retry-After`, in JSON on the APIs and as a page on the web.
+a pool with no free connection in time) in `OperationalError` and `InterfaceError`,
+SQLAlchemy, under agno's store, in errors that keep psycopg's own, and the event loop's own
+writes raise psycopg's directly. Every door answers them alike: 503 with `Retry-After`, in
+JSON on the APIs and as a page on the web.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 def is_database_outage(exc: BaseException | None) -> bool:
     """Whether exc says the database could not be reached or dropped the connection."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    # SQLAlchemy (agno's session store) keeps the driver's error in `orig`.
-    return isinstance(getattr(exc, "orig", None), psycopg.OperationalError | psycopg.InterfaceError)
+    driver_errors = psycopg.OperationalError | psycopg.InterfaceError
+    # Writes sent by the event loop (loopdb) raise the driver's own errors; SQLAlchemy,
+    # under agno's session store, keeps them in `orig`.
+    return isinstance(exc, OperationalError | InterfaceError | driver_errors) or isinstance(
+        getattr(exc, "orig", None), driver_errors
+    )
 
 
 async def outlasting_outage(what: str, attempt: Callable[[], Awaitable[object]]) -> None:

@@ -10,8 +10,9 @@ connection and hands it back when it returns, so it leaves nothing on its thread
 Whole request views keep a thread of their own (`pooled=False`): the synchronous
 send-message view holds its thread for a whole turn, and must not queue behind others.
 
-`AGENTOS_SYNC_THREADS = 0` keeps asgiref's behaviour for every call. The test suite uses it:
-its tests run inside one transaction on one connection, which other threads cannot see.
+`AGENTOS_SYNC_THREADS = 0` keeps asgiref's behaviour for every call, and keeps the run records
+that a serving loop would send itself (`loopdb`) on the ORM. The test suite uses it: its tests
+run inside one transaction on one connection, which other threads cannot see.
 """
 
 from __future__ import annotations

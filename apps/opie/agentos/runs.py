@@ -14,15 +14,17 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from asgiref.sync import SyncToAsync
 from django.core.cache import cache
 from django.utils import timezone
+from psycopg import sql
 
 from apps.opie.agentos import events, prompts
 from apps.opie.agentos.db import in_thread
 from apps.opie.agentos.events import AgentEvent
+from apps.opie.agentos.loopdb import loop_db
 from apps.opie.agentos.lru import LRU
 from apps.opie.models import Agent, ChatSession, RunRecord
 from apps.opie.outages import outlasting_outage
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from agno.agent import Agent as AgnoAgent
     from agno.models.response import ToolExecution
     from agno.run.agent import RunOutput
+    from django.db.models import Field
 
     from apps.accounts.models import User
 
@@ -284,10 +287,19 @@ def make_run_recorder(agent_pk: int, provider: str) -> Callable[..., Coroutine[A
 def spawn_recording(**fields: Any) -> None:
     """Record a finished run in the background (`record_run(**fields)`); see wait_recorded."""
     run_id = fields["run_id"]
-    record = functools.partial(record_run, **fields)
-    task = _spawn(outlasting_outage(f"the record of run {run_id}", lambda: in_thread(record)))
+    task = _spawn(outlasting_outage(f"the record of run {run_id}", lambda: _record(fields)))
     _recordings[run_id] = task
     task.add_done_callback(lambda _: _recordings.pop(run_id, None))
+
+
+async def _record(fields: dict[str, Any]) -> None:
+    """`record_run`, sent by the event loop itself when it can (see loopdb)."""
+    session_id = fields["session_id"]
+    claim = claimed.get(session_id) if session_id else None
+    if claim is not None and claim.user_id == fields["user_id"] and loop_db.available():
+        await loop_db.execute(_record_statement(), _record_values(claim.pk, **fields))
+    else:
+        await in_thread(functools.partial(record_run, **fields))
 
 
 def _duration_ms(run_output: RunOutput, started: int) -> int:
@@ -315,6 +327,70 @@ RECORD_FIELDS = [
     "output_tokens",
     "total_tokens",
 ]
+
+
+@functools.cache
+def _record_statement() -> sql.Composed:
+    """`record_run` for a claimed session in one statement: touch it, upsert the record.
+
+    A session deleted during its turn is not brought back: its record keeps no session.
+    """
+    columns = [_column(name) for name in ["run_id", *RECORD_FIELDS, "created_at"]]
+    values = [
+        sql.SQL("(SELECT id FROM touched)") if column == "session_id" else sql.Placeholder(column)
+        for column in columns
+    ]
+    return sql.SQL(
+        "WITH touched AS (UPDATE {sessions} SET updated_at = %(now)s WHERE id = %(session)s "
+        "RETURNING id) INSERT INTO {records} ({columns}) VALUES ({values}) "
+        "ON CONFLICT (run_id) DO UPDATE SET {updates}"
+    ).format(
+        sessions=sql.Identifier(ChatSession._meta.db_table),
+        records=sql.Identifier(RunRecord._meta.db_table),
+        columns=sql.SQL(", ").join([sql.Identifier(column) for column in columns]),
+        values=sql.SQL(", ").join(values),
+        updates=sql.SQL(", ").join(
+            [
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(_column(name)))
+                for name in RECORD_FIELDS
+            ]
+        ),
+    )
+
+
+def _column(name: str) -> str:
+    return str(cast("Field[Any, Any]", RunRecord._meta.get_field(name)).column)
+
+
+def _record_values(
+    session_pk: int,
+    *,
+    run_id: str,
+    user_id: int,
+    agent_pk: int,
+    status: str,
+    model: str,
+    provider: str,
+    usage: dict[str, int],
+    duration_ms: int,
+    error: str,
+    **_: Any,
+) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "now": now,
+        "session": session_pk,
+        "run_id": run_id,
+        "user_id": user_id,
+        "agent_id": agent_pk,
+        "status": status,
+        "model": model[:200],
+        "provider": provider[:100],
+        "duration_ms": duration_ms,
+        "error": error,
+        "created_at": now,
+        **usage,
+    }
 
 
 def record_run(

@@ -61,6 +61,7 @@ from apps.opie.agentos.config import (
     agent_os_config,
     ensure_enabled,
 )
+from apps.opie.agentos.loopdb import loop_db
 from apps.opie.agentos.service import AgentOSService, InvalidInput, NotFound
 from apps.opie.outages import (
     DATABASE_UNAVAILABLE,
@@ -237,6 +238,7 @@ class AgentOSServer:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._lifespans.aclose()
+                await loop_db.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -255,6 +257,7 @@ class AgentOSServer:
         self._storage_app = app
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop_db.serve()
         path = scope["path"].rstrip("/") or "/"
         if path == "/health":
             body = {"status": "ok", "agents_enabled": bool(settings.AGENTOS_ENABLED)}
