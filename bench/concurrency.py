@@ -54,6 +54,9 @@ BENCH_AGENT_ID = "bench-concurrency"
 MESSAGE = "hello there, please answer at length"
 READY_TIMEOUT = 120.0
 WARM_UP_TURNS = 20
+# Runs of one server at one level differ by up to 5% of throughput on a two-core machine:
+# "no slower" allows for that, and `throughput_vs_anchor` prints the ratio itself.
+NOISE = 0.95
 
 
 @dataclass
@@ -409,6 +412,9 @@ def compare(ours: dict[str, Any], anchor: dict[str, Any]) -> dict[str, Any]:
         "server": ours["server"],
         "concurrency": ours["concurrency"],
         "pct_of_ideal": f"{ours['pct_of_ideal']} vs {anchor['pct_of_ideal']}",
+        "throughput_vs_anchor": round(ours["throughput_tps"] / anchor["throughput_tps"], 3)
+        if anchor["throughput_tps"]
+        else None,
         "ttfb_p50_s": f"{ours['ttfb_p50_s']} vs {anchor['ttfb_p50_s']}",
         "ttfb_p99_s": f"{p99} vs {anchor['ttfb_p99_s']}",
         "errors": f"{ours['errors']} vs {anchor['errors']}",
@@ -418,7 +424,7 @@ def compare(ours: dict[str, Any], anchor: dict[str, Any]) -> dict[str, Any]:
         "meets_ideal_85": ours["pct_of_ideal"] >= 85,
         "meets_p99_1_5x": p99 is not None and p99 <= 1.5 * FIRST_TOKEN_DELAY,
         "zero_errors": ours["errors"] == 0,
-        "not_slower_than_anchor": ours["throughput_tps"] >= 0.95 * anchor["throughput_tps"],
+        "not_slower_than_anchor": ours["throughput_tps"] >= NOISE * anchor["throughput_tps"],
     }
 
 
