@@ -370,5 +370,10 @@ def test_the_product_answers_503_while_the_database_is_down_and_recovers_after(
 
 
 def _user_turns(url: str, headers: dict[str, str], session_id: str) -> list[str]:
+    """The session's user turns; none yet while the pool is still reconnecting (a 503)."""
     session = httpx.get(f"{url}{API}sessions/{session_id}/", headers=headers, timeout=30)
+    if session.status_code == 503:
+        assert session.json()["error"]["code"] == "database_unavailable"
+        return []
+    assert session.status_code == 200, session.text
     return [m["content"] for m in session.json()["messages"] if m["role"] == "user"]
