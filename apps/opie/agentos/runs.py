@@ -297,7 +297,8 @@ async def _record(fields: dict[str, Any]) -> None:
     session_id = fields["session_id"]
     claim = claimed.get(session_id) if session_id else None
     if claim is not None and claim.user_id == fields["user_id"] and loop_db.available():
-        await loop_db.execute(_record_statement(), _record_values(claim.pk, **fields))
+        record = _new_record(claim.pk, **fields)
+        await loop_db.execute(_record_statement(), _record_params(record))
     else:
         await in_thread(functools.partial(record_run, **fields))
 
@@ -335,10 +336,11 @@ def _record_statement() -> sql.Composed:
 
     A session deleted during its turn is not brought back: its record keeps no session.
     """
-    columns = [_column(name) for name in ["run_id", *RECORD_FIELDS, "created_at"]]
+    columns = [column for column, _attname in _record_columns()]
+    inserted = [*columns, "created_at"]
     values = [
         sql.SQL("(SELECT id FROM touched)") if column == "session_id" else sql.Placeholder(column)
-        for column in columns
+        for column in inserted
     ]
     return sql.SQL(
         "WITH touched AS (UPDATE {sessions} SET updated_at = %(now)s WHERE id = %(session)s "
@@ -347,23 +349,29 @@ def _record_statement() -> sql.Composed:
     ).format(
         sessions=sql.Identifier(ChatSession._meta.db_table),
         records=sql.Identifier(RunRecord._meta.db_table),
-        columns=sql.SQL(", ").join([sql.Identifier(column) for column in columns]),
+        columns=sql.SQL(", ").join([sql.Identifier(column) for column in inserted]),
         values=sql.SQL(", ").join(values),
         updates=sql.SQL(", ").join(
-            [
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(_column(name)))
-                for name in RECORD_FIELDS
-            ]
+            [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(col)) for col in columns[1:]]
         ),
     )
 
 
-def _column(name: str) -> str:
-    return str(cast("Field[Any, Any]", RunRecord._meta.get_field(name)).column)
+def _record_columns() -> list[tuple[str, str]]:
+    """(column, attribute) of the fields written: `run_id`, then those a retry updates."""
+    fields = [RunRecord._meta.get_field(name) for name in ["run_id", *RECORD_FIELDS]]
+    return [(str(field.column), field.attname) for field in cast("list[Field[Any, Any]]", fields)]
 
 
-def _record_values(
-    session_pk: int,
+def _record_params(record: RunRecord) -> dict[str, Any]:
+    """The statement's parameters: the record's values by column, and the session to touch."""
+    now = timezone.now()
+    params = {column: getattr(record, attname) for column, attname in _record_columns()}
+    return {**params, "created_at": now, "now": now, "session": record.session_id}
+
+
+def _new_record(
+    session_pk: int | None,
     *,
     run_id: str,
     user_id: int,
@@ -375,45 +383,9 @@ def _record_values(
     duration_ms: int,
     error: str,
     **_: Any,
-) -> dict[str, Any]:
-    now = timezone.now()
-    return {
-        "now": now,
-        "session": session_pk,
-        "run_id": run_id,
-        "user_id": user_id,
-        "agent_id": agent_pk,
-        "status": status,
-        "model": model[:200],
-        "provider": provider[:100],
-        "duration_ms": duration_ms,
-        "error": error,
-        "created_at": now,
-        **usage,
-    }
-
-
-def record_run(
-    *,
-    run_id: str,
-    user_id: int,
-    agent_pk: int,
-    session_id: str | None,
-    status: str,
-    model: str,
-    provider: str,
-    usage: dict[str, int],
-    duration_ms: int,
-    error: str,
-    title: str = "",
-) -> None:
-    """Store a run's usage and bring its session to the top of the user's list (sync ORM).
-
-    Two statements for a session claimed in this process: touch the session, upsert the
-    record (a retried recording updates the row it wrote before).
-    """
-    session_pk = _session_of_run(run_id, user_id, agent_pk, session_id, title)
-    record = RunRecord(
+) -> RunRecord:
+    """A run's record, unsaved (the session id and title of the fields are not its own)."""
+    return RunRecord(
         run_id=run_id,
         user_id=user_id,
         agent_id=agent_pk,
@@ -425,8 +397,22 @@ def record_run(
         error=error,
         **usage,
     )
+
+
+def record_run(*, session_id: str | None, title: str = "", **fields: Any) -> None:
+    """Store a run's usage and bring its session to the top of the user's list (sync ORM).
+
+    `fields` are `_new_record`'s. Two statements for a session claimed in this process:
+    touch the session, upsert the record (a retried recording updates the row it wrote
+    before).
+    """
+    run_id, user_id = fields["run_id"], fields["user_id"]
+    session_pk = _session_of_run(run_id, user_id, fields["agent_pk"], session_id, title)
     RunRecord.objects.bulk_create(
-        [record], update_conflicts=True, unique_fields=["run_id"], update_fields=RECORD_FIELDS
+        [_new_record(session_pk, **fields)],
+        update_conflicts=True,
+        unique_fields=["run_id"],
+        update_fields=RECORD_FIELDS,
     )
 
 
